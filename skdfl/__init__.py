@@ -1,0 +1,12 @@
+"""skdfl: Deep Feature Learning for histopathology in scikit-learn.
+
+A frozen pretrained backbone embeds image patches once (:class:`BackboneEmbedder`); small focal-loss heads
+are trained on the embeddings (:class:`FocalHeadClassifier`). Both are ordinary scikit-learn estimators.
+"""
+
+from .embedder import BackboneEmbedder
+from .views import View
+
+__version__ = "0.1.0"
+
+__all__ = ["BackboneEmbedder", "View", "__version__"]
