@@ -5,8 +5,17 @@ are trained on the embeddings (:class:`FocalHeadClassifier`). Both are ordinary 
 """
 
 from .embedder import BackboneEmbedder
+from .heads import FocalHeadClassifier, FocalLoss, GaussianNoise, MLPHead
 from .views import View
 
 __version__ = "0.1.0"
 
-__all__ = ["BackboneEmbedder", "View", "__version__"]
+__all__ = [
+    "BackboneEmbedder",
+    "FocalHeadClassifier",
+    "FocalLoss",
+    "GaussianNoise",
+    "MLPHead",
+    "View",
+    "__version__",
+]

