@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from PIL import Image, UnidentifiedImageError
 
 DEFAULT_SOURCE = "image"
@@ -75,6 +76,10 @@ def as_sources(X) -> tuple[dict[str, Sequence], pd.Index | None]:
 
     Returns the sources (column name -> cells) and the DataFrame/Series index (``None`` otherwise).
     """
+    if sp.issparse(X):
+        raise TypeError("sparse input is not supported: pass images (arrays or file paths), not a sparse matrix")
+    if isinstance(X, np.ndarray) and np.iscomplexobj(X):
+        raise ValueError("Complex data not supported: pass uint8 or float images")
     if isinstance(X, pd.DataFrame):
         if X.shape[1] == 0:
             raise ValueError("X is a DataFrame with no columns; expected one column per image source")
