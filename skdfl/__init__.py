@@ -4,6 +4,7 @@ A frozen pretrained backbone embeds image patches once (:class:`BackboneEmbedder
 are trained on the embeddings (:class:`FocalHeadClassifier`). Both are ordinary scikit-learn estimators.
 """
 
+from .backbones import list_backbones, load_backbone
 from .embedder import BackboneEmbedder
 from .heads import FocalHeadClassifier, FocalLoss, GaussianNoise, MLPHead
 from .views import View
@@ -18,4 +19,6 @@ __all__ = [
     "MLPHead",
     "View",
     "__version__",
+    "list_backbones",
+    "load_backbone",
 ]

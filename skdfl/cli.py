@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ._cli_backbones import add_backbones_parser, add_fetch_weights_parser
+
 
 def _add_demo_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -78,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_demo_parser(subparsers)
+    add_backbones_parser(subparsers)
+    add_fetch_weights_parser(subparsers)
     return parser
 
 

