@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ._cli_backbones import add_backbones_parser, add_fetch_weights_parser
+from ._cli_select import add_select_parser
 
 
 def _add_demo_parser(subparsers) -> None:
@@ -48,15 +49,8 @@ def _run_demo(args) -> int:
     if args.data:
         group_col = None if args.group_col == "none" else args.group_col
         bunch = load_data(args.data, image_cols=args.image_col.split(","), label_col=args.label_col,
-                          group_col=group_col)
+                          group_col=group_col, max_samples=args.max_images, random_state=args.seed)
         X, y, groups = bunch.X, bunch.y, bunch.groups
-        if args.max_images and args.max_images < len(X):
-            from sklearn.model_selection import train_test_split
-
-            keep, _ = train_test_split(range(len(X)), train_size=args.max_images, stratify=y,
-                                       random_state=args.seed)
-            X, y = X.iloc[keep].reset_index(drop=True), y.iloc[keep].reset_index(drop=True)
-            groups = None if groups is None else groups.iloc[keep].reset_index(drop=True)
         print(f"data: {args.data} ({len(X)} images, {y.nunique()} classes)")
     else:
         X, y = make_tissue_patches(args.n_samples, random_state=args.seed)
@@ -82,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo_parser(subparsers)
     add_backbones_parser(subparsers)
     add_fetch_weights_parser(subparsers)
+    add_select_parser(subparsers)
     return parser
 
 

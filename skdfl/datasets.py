@@ -219,19 +219,47 @@ def load_data(
     image_cols: str | list[str] = "path",
     label_col: str = "label",
     group_col: str | None = "auto",
+    max_samples: int | None = None,
+    random_state=None,
 ) -> Bunch:
     """Load a labelled image set from a folder (one sub-folder per class) or a CSV of paths and labels.
 
-    ``group_col="auto"`` uses a ``patient`` column of the CSV when there is one. Returns the same
-    :class:`~sklearn.utils.Bunch` as :func:`load_csv` (``groups`` is None for folders).
+    ``group_col="auto"`` uses a ``patient`` column of the CSV when every row has one (and there are at
+    least two patients); ``None`` disables grouping. ``max_samples`` keeps a class-stratified random
+    subsample. Returns the same :class:`~sklearn.utils.Bunch` as :func:`load_csv` (``groups`` is None for
+    folders), with a fresh 0..n-1 index.
     """
     data = Path(data)
     if data.is_dir():
         X, y = load_image_folder(data)
-        return Bunch(X=X, y=y, groups=None, frame=X.assign(label=y))
-    if data.suffix.lower() != ".csv":
-        raise ValueError(f"--data must be a folder (one sub-folder per class) or a .csv file, got {data}")
-    if group_col == "auto":
-        header = pd.read_csv(data, nrows=0).columns
-        group_col = "patient" if "patient" in header else None
-    return load_csv(data, image_cols=image_cols, label_col=label_col, group_col=group_col)
+        if y.nunique() < 2:
+            raise ValueError(
+                f"{data} has a single class folder {y.iloc[0]!r}; expected one sub-folder per class. If the "
+                f"folder has a CSV of labels, pass it: {data / 'labels.csv'}"
+            )
+        bunch = Bunch(X=X, y=y, groups=None, frame=X.assign(label=y))
+    else:
+        if not data.exists():
+            raise FileNotFoundError(f"data not found: {data}")
+        if data.suffix.lower() != ".csv":
+            raise ValueError(f"data must be a folder (one sub-folder per class) or a .csv file, got {data}")
+        if group_col == "auto":
+            # Only a fully filled column groups samples; an empty one (e.g. CRC tiles) would be one group.
+            header = pd.read_csv(data, nrows=0).columns
+            patients = pd.read_csv(data, usecols=["patient"])["patient"] if "patient" in header else None
+            usable = patients is not None and patients.notna().all() and patients.nunique() > 1
+            group_col = "patient" if usable else None
+        bunch = load_csv(data, image_cols=image_cols, label_col=label_col, group_col=group_col)
+        if group_col is not None and bunch.frame[group_col].isna().any():
+            raise ValueError(f"{data}: column {group_col!r} has missing values; fill it or disable grouping")
+    if max_samples is not None and max_samples < len(bunch.X):
+        from sklearn.model_selection import train_test_split
+
+        keep, _ = train_test_split(
+            np.arange(len(bunch.X)), train_size=max_samples, stratify=bunch.y, random_state=random_state
+        )
+        keep = np.sort(keep)
+        for key in ("X", "y", "groups", "frame"):
+            if bunch[key] is not None:
+                bunch[key] = bunch[key].iloc[keep].reset_index(drop=True)
+    return bunch

@@ -63,3 +63,8 @@ def test_load_csv_errors_name_the_problem(folder):
         load_csv(folder / "bad.csv")
     with pytest.raises(FileNotFoundError, match="nothere"):
         load_data(folder / "nothere.csv")
+
+
+def test_load_data_ignores_an_empty_patient_column(folder):
+    (folder / "nopatients.csv").write_text("path,label,patient\na/0.png,a,\nb/0.png,b,\n")
+    assert load_data(folder / "nopatients.csv").groups is None

@@ -1,0 +1,242 @@
+"""skdfl.tuning: the search space, the search estimator, pruning, and resuming a stored study."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+import torch
+from optuna.trial import TrialState
+from sklearn.datasets import make_classification
+from sklearn.dummy import DummyClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+from skdfl.heads import FocalHeadClassifier
+from skdfl.tuning import HIDDEN_UNITS_CHOICES, HeadSearchCV, head_search_space
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    # Tiny tensors: a second thread only adds OpenMP spin-waiting on the shared 2-core CI machine.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_classification(150, n_features=10, n_informative=4, random_state=0)
+
+
+def logreg():
+    return Pipeline([("scale", StandardScaler()), ("clf", LogisticRegression(max_iter=300))])
+
+
+def c_space(trial):
+    return {"C": trial.suggest_float("C", 1e-4, 1e2, log=True)}
+
+
+def _finished(study):
+    return [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+
+
+def test_head_search_space_gives_valid_focal_head_params():
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen_hidden = set()
+    for _ in range(25):
+        trial = study.ask()
+        params = head_search_space(trial)
+        assert set(params) == {
+            "lr",
+            "weight_decay",
+            "hidden_units",
+            "dropout",
+            "noise_std",
+            "gamma",
+            "max_epochs",
+        }
+        head = FocalHeadClassifier(**params)
+        head._validate_params()  # sklearn's parameter constraints accept every sampled value
+        assert params["hidden_units"] in HIDDEN_UNITS_CHOICES.values()
+        assert 1e-4 <= params["lr"] <= 3e-2 and 20 <= params["max_epochs"] <= 200
+        if params["hidden_units"] == ():
+            assert params["dropout"] == 0.0 and "dropout" not in trial.params
+        seen_hidden.add(params["hidden_units"])
+        study.tell(trial, 0.5)
+    assert () in seen_hidden and len(seen_hidden) >= 3
+
+
+def test_search_estimator_shape_and_reproducibility(data):
+    X, y = data
+    search = HeadSearchCV(logreg(), search_space=c_space, n_trials=6, cv=3, random_state=0).fit(X, y)
+    results = pd.DataFrame(search.cv_results_)
+    assert len(results) == search.n_trials_ == 6
+    assert search.best_score_ == pytest.approx(results["mean_test_score"].max())
+    assert results.loc[results["rank_test_score"] == 1, "number"].item() == search.best_index_
+    assert search.best_params_ == {"C": search.best_trial_.params["C"]}
+    assert search.best_estimator_.named_steps["clf"].C == search.best_params_["C"]
+    np.testing.assert_array_equal(search.classes_, [0, 1])
+    assert search.predict_proba(X[:4]).shape == (4, 2)
+    np.testing.assert_array_equal(search.predict(X), search.best_estimator_.predict(X))
+    assert 0.5 < search.score(X, y) <= 1.0
+    assert len(search.trials_dataframe()) == 6
+    # Fixed seed: the same trials again.
+    again = HeadSearchCV(logreg(), search_space=c_space, n_trials=6, cv=3, random_state=0).fit(X, y)
+    np.testing.assert_allclose(again.cv_results_["mean_test_score"], search.cv_results_["mean_test_score"])
+
+
+def test_default_focal_head_and_search_space(data):
+    X, y = data
+
+    def quick_space(trial):  # the real space, capped to 2 epochs to keep the test fast
+        return {**head_search_space(trial), "max_epochs": 2}
+
+    search = HeadSearchCV(search_space=quick_space, n_trials=2, cv=2, random_state=0).fit(X, y)
+    assert isinstance(search.best_params_["hidden_units"], tuple)
+    head = search.best_estimator_.named_steps["focalheadclassifier"]
+    assert head.hidden_units == search.best_params_["hidden_units"] and head.max_epochs == 2
+    assert search.predict_proba(X[:3]).shape == (3, 2)
+
+
+def test_bad_settings_are_pruned_after_one_fold(tmp_path, data):
+    X, y = data
+    storage = f"sqlite:///{tmp_path / 'prune.db'}"
+    # Two good trials first (the pruner's start-up), then two hopeless ones.
+    study = optuna.create_study(storage=storage, study_name="p", direction="maximize")
+    for kind in ("good", "good", "bad", "bad"):
+        study.enqueue_trial({"kind": kind})
+
+    def space(trial):
+        good = trial.suggest_categorical("kind", ["good", "bad"]) == "good"
+        return {"clf": LogisticRegression() if good else DummyClassifier(strategy="most_frequent")}
+
+    search = HeadSearchCV(
+        logreg(),
+        search_space=space,
+        n_trials=4,
+        cv=4,
+        storage=storage,
+        study_name="p",
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=2),
+    ).fit(X, y)
+    states = search.cv_results_["state"].tolist()
+    assert states == ["COMPLETE", "COMPLETE", "PRUNED", "PRUNED"]
+    assert np.isnan(search.cv_results_["split1_test_score"][2:]).all()  # stopped after the first fold
+    assert not np.isnan(search.cv_results_["split0_test_score"]).any()
+    assert search.best_index_ in (0, 1)
+
+
+RESUME_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from sklearn.datasets import make_classification
+    from sklearn.linear_model import LogisticRegression
+    from skdfl.tuning import HeadSearchCV
+
+    def space(trial):
+        return {"C": trial.suggest_float("C", 1e-4, 1e2, log=True)}
+
+    X, y = make_classification(150, n_features=10, n_informative=4, random_state=0)
+    HeadSearchCV(LogisticRegression(), search_space=space, n_trials=10_000, cv=3,
+                 storage=sys.argv[1], study_name="resume").fit(X, y)
+    """
+)
+
+
+def _n_finished_in_db(db) -> int:
+    """Finished trials, read with plain sqlite3: opening the storage with optuna while the worker is
+    creating its tables races on ``CREATE TABLE``."""
+    if not db.exists():
+        return 0
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as con:
+            (n,) = con.execute("SELECT count(*) FROM trials WHERE state IN ('COMPLETE', 'PRUNED')").fetchone()
+        return n
+    except sqlite3.OperationalError:  # tables not created yet, or the database is locked
+        return 0
+
+
+def test_sqlite_study_resumes_after_the_process_is_killed(tmp_path, data):
+    X, y = data
+    db = tmp_path / "search.db"
+    script = tmp_path / "worker.py"
+    script.write_text(RESUME_SCRIPT)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(db)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    storage = f"sqlite:///{db}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            if _n_finished_in_db(db) >= 3:
+                break
+            assert time.monotonic() < deadline, "the worker did not finish 3 trials in time"
+            time.sleep(0.2)
+    finally:
+        proc.kill()
+        proc.wait()
+
+    before = optuna.load_study(study_name="resume", storage=storage)
+    done = {t.number: (t.params, t.value) for t in _finished(before)}
+    assert len(done) >= 3
+    target = len(done) + 3
+    search = HeadSearchCV(
+        LogisticRegression(),
+        search_space=c_space,
+        n_trials=target,
+        cv=3,
+        storage=str(db),
+        study_name="resume",
+    ).fit(X, y)
+    after = _finished(search.study_)
+    assert len(after) == search.n_trials_ == target
+    # Earlier trials are kept untouched, and the new ones do not replay their parameters.
+    assert {t.number: (t.params, t.value) for t in after if t.number in done} == done
+    values_c = [t.params["C"] for t in after]
+    assert len(set(values_c)) == len(values_c)
+    # Fitting again with the same target does no new work.
+    HeadSearchCV(
+        LogisticRegression(),
+        search_space=c_space,
+        n_trials=target,
+        cv=3,
+        storage=str(db),
+        study_name="resume",
+    ).fit(X, y)
+    assert len(_finished(optuna.load_study(study_name="resume", storage=storage))) == target
+    # The stored study belongs to this problem: other data is refused instead of mixed in.
+    with pytest.raises(ValueError, match="different problem"):
+        HeadSearchCV(
+            LogisticRegression(),
+            search_space=c_space,
+            n_trials=target + 1,
+            cv=3,
+            storage=str(db),
+            study_name="resume",
+        ).fit(X[:100], y[:100])
+
+
+def test_parameter_errors(data):
+    X, y = data
+    with pytest.raises(ValueError, match="never stop"):
+        HeadSearchCV(logreg(), search_space=c_space, n_trials=None).fit(X, y)
+    with pytest.raises(ValueError, match="single metric"):
+        HeadSearchCV(logreg(), search_space=c_space, scoring={"a": "accuracy"}).fit(X, y)
+    with pytest.raises(ValueError, match="n_trials"):
+        HeadSearchCV(logreg(), search_space=c_space, n_trials=0).fit(X, y)
+    search = HeadSearchCV(logreg(), search_space=c_space)
+    assert search.get_params()["n_trials"] == 20 and not hasattr(search, "study_")
