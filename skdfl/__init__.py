@@ -5,20 +5,25 @@ are trained on the embeddings (:class:`FocalHeadClassifier`). Both are ordinary 
 """
 
 from .backbones import list_backbones, load_backbone
+from .cache import EmbeddingCache
 from .embedder import BackboneEmbedder
 from .heads import FocalHeadClassifier, FocalLoss, GaussianNoise, MLPHead
+from .store import extract_to_store, load_store
 from .views import View
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackboneEmbedder",
+    "EmbeddingCache",
     "FocalHeadClassifier",
     "FocalLoss",
     "GaussianNoise",
     "MLPHead",
     "View",
     "__version__",
+    "extract_to_store",
+    "load_store",
     "list_backbones",
     "load_backbone",
 ]

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ._cli_backbones import add_backbones_parser, add_fetch_weights_parser
+from ._cli_embed import add_embed_parser
 from ._cli_select import add_select_parser
 
 
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_backbones_parser(subparsers)
     add_fetch_weights_parser(subparsers)
     add_select_parser(subparsers)
+    add_embed_parser(subparsers)
     return parser
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import os
+import threading
+from collections import OrderedDict
 from numbers import Integral, Real
 from pathlib import Path
 
@@ -21,6 +24,18 @@ from .cache import EmbeddingCache, as_cache
 from .io import as_sources, read_image
 from .transforms import RESIZE_POLICIES, fit_geometry
 from .views import View, apply_color, feature_names, resolve_views
+
+# Backbones loaded by name in this process, most recent last; at most a couple are kept (a ViT-g is GBs).
+_SHARED_BACKBONES: OrderedDict[tuple, tuple[nn.Module, dict, dict]] = OrderedDict()
+_MAX_SHARED_BACKBONES = 2
+_SHARED_LOCK = threading.Lock()
+
+
+def _mtime(path) -> float | None:
+    try:
+        return os.stat(path).st_mtime_ns if path is not None else None
+    except OSError:
+        return None  # load_backbone reports the missing file
 
 
 class ViewDataset(Dataset):
@@ -103,7 +118,9 @@ class BackboneEmbedder(TransformerMixin, BaseEstimator):
     Attributes
     ----------
     module_ : torch.nn.Module
-        The frozen backbone (kept on CPU when pickled).
+        The frozen backbone (kept on CPU when pickled). Embedders fitted in one process with the same
+        ``backbone`` name, ``pretrained``, ``checkpoint_path`` and ``random_state`` share this object
+        (it is frozen), so refitting clones in a search costs nothing; do not modify it in place.
     data_config_ : dict
         ``input_size``, ``mean``, ``std``, ``interpolation``, ``crop_pct`` of the backbone.
     input_size_ : tuple of int
@@ -188,18 +205,41 @@ class BackboneEmbedder(TransformerMixin, BaseEstimator):
         else:
             for attr in ("feature_names_in_", "n_features_in_"):
                 self.__dict__.pop(attr, None)
-        backbone = copy.deepcopy(self.backbone) if isinstance(self.backbone, nn.Module) else self.backbone
-        # Random-init weights are seeded so that clones (GridSearchCV folds) share one backbone.
+        if isinstance(self.backbone, nn.Module):
+            self.module_, self.data_config_ = self._load(copy.deepcopy(self.backbone))
+            self.input_size_ = self._input_size()
+            self.embedding_dim_ = self._probe_dim(self.module_, self.input_size_)
+            return self
+        # Clones fitted in one process (GridSearchCV folds, Optuna trials) share the frozen backbone
+        # instead of rebuilding and re-probing it at every fit.
+        path = self.checkpoint_path
+        key = (self.backbone, bool(self.pretrained), None if path is None else str(path),
+               _mtime(path), self.random_state)
+        with _SHARED_LOCK:
+            if key not in _SHARED_BACKBONES:
+                _SHARED_BACKBONES[key] = (*self._load(self.backbone), {})
+                while len(_SHARED_BACKBONES) > _MAX_SHARED_BACKBONES:
+                    _SHARED_BACKBONES.popitem(last=False)
+            _SHARED_BACKBONES.move_to_end(key)
+            self.module_, config, dims = _SHARED_BACKBONES[key]
+            self.data_config_ = dict(config)
+            self.input_size_ = self._input_size()
+            if self.input_size_ not in dims:
+                dims[self.input_size_] = self._probe_dim(self.module_, self.input_size_)
+            self.embedding_dim_ = dims[self.input_size_]
+        return self
+
+    def _load(self, backbone) -> tuple[nn.Module, dict]:
+        # Random-init weights are seeded so that refits and clones embed identically.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.random_state)
-            self.module_, self.data_config_ = load_backbone(
-                backbone, pretrained=self.pretrained, checkpoint_path=self.checkpoint_path
-            )
-        self.input_size_ = self._input_size()
+            return load_backbone(backbone, pretrained=self.pretrained, checkpoint_path=self.checkpoint_path)
+
+    @classmethod
+    def _probe_dim(cls, module: nn.Module, size: tuple[int, int]) -> int:
         with torch.inference_mode():
-            probe = torch.zeros(1, 3, *self.input_size_)
-            self.embedding_dim_ = int(self._forward(self.module_, probe).shape[-1])
-        return self
+            probe = torch.zeros(1, 3, *size, device=next(module.parameters(), torch.zeros(0)).device)
+            return int(cls._forward(module, probe).shape[-1])
 
     def _input_size(self) -> tuple[int, int]:
         size = self.image_size if self.image_size is not None else self.data_config_["input_size"][-2:]

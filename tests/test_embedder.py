@@ -238,3 +238,13 @@ def test_unpooled_backbone_is_refused(images):
 
     with pytest.raises(ValueError, match=r"pooled \(n, dim\)"):
         make_embedder(backbone=Spatial()).fit(images)
+
+
+def test_clones_share_one_frozen_backbone_and_random_state_changes_it(images):
+    a = make_embedder().fit(images)
+    b = clone(a).fit(images)
+    assert b.module_ is a.module_, "refitting a clone must not rebuild the backbone"
+    other = make_embedder(random_state=1).fit(images)
+    assert other.module_ is not a.module_
+    assert not np.allclose(other.transform(images), a.transform(images))
+    assert b.get_params() == a.get_params() and b.embedding_dim_ == a.embedding_dim_

@@ -1,0 +1,519 @@
+"""Streaming, resumable extraction of embeddings to an on-disk store, read back memory-mapped.
+
+A store is a folder::
+
+    store.json          what was extracted (embedding configuration, shape, dtype, chunking, views)
+    embeddings.npy      (n_samples, n_features) float32 or float16, a plain .npy file
+    chunks/00000012.json  one marker per finished chunk: rows, crc32 of its bytes
+    index.json          the DataFrame/Series index of X, when it had one (pandas "table" JSON: dtypes kept)
+
+Why ``.npy`` + per-chunk markers rather than zarr: ``np.load(mmap_mode="r")`` gives a zero-copy
+``numpy.memmap`` that every scikit-learn estimator and :class:`~skdfl.heads.FocalHeadClassifier` take as
+is, with no extra dependency; preallocating the file once lets any process (a Dask worker on another node
+of a shared filesystem) write its rows with ``pwrite`` at a fixed offset, and per-chunk marker files,
+created by atomic rename after the rows are fsync'ed, are a multi-writer manifest that needs no lock and
+no append (``O_APPEND`` is not atomic on NFS). zarr would add compression, which embeddings barely
+benefit from, and a dependency.
+
+Resuming after ``kill -9`` skips the chunks with a marker whose checksum still matches and recomputes the
+others (a half-written chunk has no marker); ``store.json`` is marked complete only when every chunk is.
+Peak memory is one chunk of images and embeddings, independent of ``n_samples``: images are read through
+the input's ``__getitem__`` one batch at a time and rows go to the file with ``pwrite``, never through a
+writable memory map whose dirty pages would count against the process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.validation import check_is_fitted
+from tqdm.auto import tqdm
+
+from .cache import atomic_write, content_key, embedding_namespace, twin
+from .views import View, feature_names
+
+STORE_FORMAT = 1
+META_FILE = "store.json"
+DATA_FILE = "embeddings.npy"
+CHUNKS_DIR = "chunks"
+INDEX_FILE = "index.json"
+DTYPES = ("float32", "float16")
+
+
+class IncompleteStoreError(RuntimeError):
+    """The store's extraction has not finished; resume it with the same call (or ``skdfl embed``)."""
+
+
+# ------------------------------------------------------------------------------------------- inputs
+def lazy_sources(X) -> tuple[dict, pd.Index | None, int]:
+    """Split ``X`` into named sources *without* reading any image.
+
+    Unlike :func:`skdfl.io.as_sources` this keeps arrays (memory-mapped ones included) and arbitrary
+    sequences (anything with ``__len__`` and ``__getitem__``, e.g. a lazy image generator) as they are.
+
+    Returns the sources (name -> cells), the index of a DataFrame/Series ``X`` (else ``None``) and the
+    number of samples.
+    """
+    if isinstance(X, pd.DataFrame):
+        if X.shape[1] == 0 or len(X) == 0:
+            raise ValueError(f"X is a DataFrame of shape {X.shape}; expected samples and image columns")
+        return {str(c): X[c].tolist() for c in X.columns}, X.index, len(X)
+    if isinstance(X, pd.Series):
+        return {"image": X.tolist()}, X.index, len(X)
+    if isinstance(X, (str, os.PathLike)):
+        raise ValueError("X is a single path; pass a sequence of paths (one per sample)")
+    if isinstance(X, np.ndarray) and X.dtype != object and not (
+        (X.ndim == 4 and X.shape[-1] == 3) or (X.ndim == 1 and X.dtype.kind in "US")
+    ):
+        raise ValueError(
+            f"X has shape {X.shape} and dtype {X.dtype}: expected an (n, H, W, 3) image batch, a sequence of "
+            "image paths or arrays, or a DataFrame with one column per source"
+        )
+    if not (hasattr(X, "__len__") and hasattr(X, "__getitem__")):
+        raise ValueError(
+            f"unsupported input type {type(X).__name__} for X: expected a DataFrame, an array, or a "
+            "sequence (an object with __len__ and __getitem__) of image paths or arrays"
+        )
+    n = len(X)
+    if n == 0:
+        raise ValueError("X is empty: 0 samples")
+    return {"image": X}, None, n
+
+
+def _first_sample(X):
+    """A one-sample version of ``X`` in a layout ``BackboneEmbedder.fit`` accepts."""
+    if isinstance(X, (pd.DataFrame, pd.Series)):
+        return X.iloc[:1]
+    return [X[0]]
+
+
+def _cell_key(cell) -> str:
+    try:
+        return content_key(cell)
+    except TypeError:
+        return hashlib.sha256(f"{type(cell).__qualname__}|{cell!r}".encode()).hexdigest()
+
+
+def _input_digest(sources: dict, n: int, chunk_size: int) -> str:
+    """A cheap fingerprint of the input: its length and the first cell of every chunk.
+
+    Catches resuming with another data set or order without reading every image again.
+    """
+    h = hashlib.sha256(f"{n}".encode())
+    for name in sorted(sources):
+        for start in range(0, n, chunk_size):
+            h.update(f"|{name}|{start}|{_cell_key(sources[name][start])}".encode())
+    return h.hexdigest()
+
+
+def prepare_embedder(embedder, X, sources):
+    """Fit a clone of ``embedder`` on one sample of ``X`` if it is not fitted; check its sources."""
+    from .embedder import BackboneEmbedder
+
+    if not isinstance(embedder, BackboneEmbedder):
+        raise TypeError(f"embedder must be a BackboneEmbedder, got {type(embedder).__name__}")
+    try:
+        check_is_fitted(embedder)
+    except NotFittedError:
+        embedder = clone(embedder).fit(_first_sample(X))
+    embedder._check_sources(sources)
+    return embedder
+
+
+def _quiet(embedder):
+    """The fitted embedder without its per-batch progress bar."""
+    return twin(embedder, verbose=0)
+
+
+# -------------------------------------------------------------------------------------------- writing
+@dataclass(frozen=True)
+class ChunkWriter:
+    """Writes rows of a preallocated store from any process; picklable (paths and numbers only)."""
+
+    path: str
+    dtype: str
+    n_features: int
+    offset: int
+
+    def write(self, chunk: int, start: int, stop: int, rows: np.ndarray) -> dict:
+        """Write ``rows`` as store rows ``[start, stop)``, make them durable, then mark the chunk done."""
+        if rows.shape != (stop - start, self.n_features):
+            raise ValueError(f"chunk {chunk}: got rows of shape {rows.shape}, expected {(stop - start, self.n_features)}")
+        data = np.ascontiguousarray(rows, dtype=self.dtype)
+        if not np.isfinite(data).all():
+            hint = "; use dtype='float32'" if self.dtype == "float16" else ""
+            raise FloatingPointError(f"chunk {chunk} (rows {start}-{stop}): non-finite embeddings in {self.dtype}{hint}")
+        buf = memoryview(data).cast("B")
+        fd = os.open(os.path.join(self.path, DATA_FILE), os.O_WRONLY)
+        try:
+            pos, done = self.offset + start * self.n_features * data.itemsize, 0
+            while done < len(buf):
+                done += os.pwrite(fd, buf[done:], pos + done)
+            # The rows must be on disk before their marker can exist (power-loss ordering).
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        marker = {"chunk": chunk, "start": start, "stop": stop, "crc32": zlib.crc32(buf)}
+        atomic_write(_marker_path(self.path, chunk), json.dumps(marker).encode())
+        return marker
+
+
+def _marker_path(path, chunk: int) -> str:
+    return os.path.join(path, CHUNKS_DIR, f"{chunk:08d}.json")
+
+
+def extract_chunk(embedder, sources: dict, writer: ChunkWriter, chunk: int, start: int, stop: int, offset: int = 0):
+    """Embed rows ``[start, stop)`` (cells ``start - offset ...`` of ``sources``) and write them."""
+    rows = embedder._embed(sources, np.arange(start - offset, stop - offset))
+    return writer.write(chunk, start, stop, rows)
+
+
+def chunk_bounds(n: int, chunk_size: int) -> list[tuple[int, int, int]]:
+    return [(k, start, min(n, start + chunk_size)) for k, start in enumerate(range(0, n, chunk_size))]
+
+
+# -------------------------------------------------------------------------------------- store on disk
+def _data_offset(data_file: Path) -> int:
+    with open(data_file, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            np.lib.format.read_array_header_1_0(f)
+        else:
+            np.lib.format.read_array_header_2_0(f)
+        return f.tell()
+
+
+def _read_meta(path: Path) -> dict | None:
+    try:
+        return json.loads((path / META_FILE).read_text())
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path / META_FILE} is not a valid skdfl store description: {exc}") from exc
+
+
+def _write_meta(path: Path, meta: dict) -> None:
+    atomic_write(path / META_FILE, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode(), fsync=True)
+
+
+def _remove_store(path: Path) -> None:
+    """Delete only the files a store consists of (never anything else a user put in the folder)."""
+    for name in (META_FILE, DATA_FILE, INDEX_FILE):
+        try:
+            (path / name).unlink()
+        except FileNotFoundError:
+            pass
+    shutil.rmtree(path / CHUNKS_DIR, ignore_errors=True)
+
+
+def _create_store(path: Path, meta: dict, index: pd.Index | None) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    _remove_store(path)  # leftovers of a creation interrupted before store.json existed
+    (path / CHUNKS_DIR).mkdir()
+    shape, dtype = tuple(meta["shape"]), np.dtype(meta["dtype"])
+    tmp = path / f".tmp-{DATA_FILE}"
+    # open_memmap seeks to the end and writes one byte: a sparse file, nothing is zero-filled in RAM.
+    np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)._mmap.close()
+    os.replace(tmp, path / DATA_FILE)
+    if index is not None:
+        pd.DataFrame(index=index).to_json(path / INDEX_FILE, orient="table")
+    _write_meta(path, meta)  # last: a folder without store.json is not a store
+
+
+def _done_chunks(path: Path, bounds, *, verify: bool) -> dict[int, dict]:
+    """Markers of finished chunks; with ``verify``, only those whose bytes still match their crc32."""
+    done = {}
+    data = None
+    if verify:
+        data = np.load(path / DATA_FILE, mmap_mode="r")
+    for k, start, stop in bounds:
+        try:
+            marker = json.loads(Path(_marker_path(path, k)).read_text())
+        except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        if marker.get("start") != start or marker.get("stop") != stop:
+            continue
+        if data is not None and zlib.crc32(memoryview(np.ascontiguousarray(data[start:stop])).cast("B")) != marker.get("crc32"):
+            continue
+        done[k] = marker
+    del data
+    return done
+
+
+def _describe(embedder, n: int, dtype: str, chunk_size: int, digest: str, index) -> dict:
+    return {
+        "format": STORE_FORMAT,
+        "complete": False,
+        "shape": [n, len(embedder.views_) * embedder.embedding_dim_],
+        "dtype": dtype,
+        "chunk_size": chunk_size,
+        "n_chunks": -(-n // chunk_size),
+        "views": [list(v) for v in embedder.views_],
+        "embedding_dim": int(embedder.embedding_dim_),
+        "embedding": embedding_namespace(embedder),
+        "input_digest": digest,
+        "has_index": index is not None,
+    }
+
+
+_MUST_MATCH = ("format", "shape", "dtype", "chunk_size", "views", "embedding", "input_digest")
+
+
+def extract_to_store(
+    X,
+    path,
+    embedder,
+    *,
+    chunk_size: int = 4096,
+    dtype: str = "float32",
+    resume: bool = True,
+    overwrite: bool = False,
+    verify: bool = True,
+    client=None,
+    write_on: str = "workers",
+    verbose: int = 1,
+) -> EmbeddingStore:
+    """Embed ``X`` chunk by chunk into the store folder ``path``; resumable, memory-bounded, distributable.
+
+    Parameters
+    ----------
+    X : DataFrame, array or sequence
+        One column per source (DataFrame of paths or arrays), an ``(n, H, W, 3)`` array (a memory-mapped
+        one works), or any sequence with ``__len__``/``__getitem__`` returning paths or images. Images are
+        read lazily, one batch at a time.
+    path : str or Path
+        Store folder (created). See :mod:`skdfl.store` for its layout.
+    embedder : BackboneEmbedder
+        Fitted, or unfitted (then a clone is fitted on the first sample of ``X``). Its ``cache`` is not
+        used: the store is the cache. For a bitwise-reproducible store use ``precision="fp32"``.
+    chunk_size : int, default=4096
+        Samples per chunk: the unit of memory, of resumption and of distribution.
+    dtype : {"float32", "float16"}, default="float32"
+        Storage type. ``float16`` halves the file; consumers that need float32 then copy what they read.
+    resume : bool, default=True
+        If ``path`` holds an unfinished (or finished) store of the same extraction, keep its finished
+        chunks. A store of a different extraction (other backbone, weights, geometry, views, inputs...)
+        is an error naming the differences.
+    overwrite : bool, default=False
+        Delete an existing store at ``path`` first.
+    verify : bool, default=True
+        When ``path`` already holds this store (finished or not), re-check the crc32 of its finished
+        chunks (one read of the file) and recompute those that fail.
+    client : distributed.Client, default=None
+        Run the chunks on a Dask cluster, one backbone per worker (see :mod:`skdfl.distributed`).
+    write_on : {"workers", "client"}, default="workers"
+        With ``client``: who writes the rows. ``"workers"`` needs ``path`` on a filesystem every worker
+        sees; ``"client"`` ships the rows back to this process instead.
+    verbose : int, default=1
+        ``0`` is silent; ``>=1`` shows a progress bar over samples.
+
+    Returns
+    -------
+    EmbeddingStore
+        The finished store, read back memory-mapped (:func:`load_store`).
+    """
+    if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"store path {path} exists and is not a folder")
+
+    sources, index, n = lazy_sources(X)
+    embedder = prepare_embedder(embedder, X, sources)
+    meta = _describe(embedder, n, dtype, int(chunk_size), _input_digest(sources, n, int(chunk_size)), index)
+
+    old = _read_meta(path) if path.is_dir() else None
+    if old is not None and overwrite:
+        old = None
+    if old is not None:
+        if not resume:
+            raise FileExistsError(f"{path} already holds an embedding store; pass resume=True or overwrite=True")
+        diff = [k for k in _MUST_MATCH if old.get(k) != meta[k]]
+        if diff:
+            raise ValueError(
+                f"the store at {path} was made by a different extraction (differs in: {', '.join(diff)}); "
+                "pass overwrite=True to replace it or choose another path"
+            )
+    if old is None:
+        ours = {META_FILE, DATA_FILE, INDEX_FILE, CHUNKS_DIR, f".tmp-{DATA_FILE}"}
+        if path.is_dir() and any(p.name not in ours for p in path.iterdir()):
+            raise FileExistsError(f"{path} is a non-empty folder that is not an embedding store; choose another path")
+        _create_store(path, meta, index)
+
+    bounds = chunk_bounds(n, int(chunk_size))
+    done = _done_chunks(path, bounds, verify=verify and old is not None)
+    pending = [b for b in bounds if b[0] not in done]
+    if pending or not (old or {}).get("complete"):
+        if (old or {}).get("complete"):
+            _write_meta(path, {**old, "complete": False})  # a repair is under way
+        writer = ChunkWriter(str(path), dtype, meta["shape"][1], _data_offset(path / DATA_FILE))
+        rows_done = n - sum(stop - start for _, start, stop in pending)
+        with tqdm(total=n, initial=rows_done, desc="extracting", unit="img", disable=not verbose) as bar:
+            progress = lambda marker: bar.update(marker["stop"] - marker["start"])  # noqa: E731
+            if client is not None:
+                from .distributed import extract_distributed
+
+                extract_distributed(X, embedder, writer, pending, client, callback=progress, write_on=write_on)
+            else:
+                quiet = _quiet(embedder)
+                for k, start, stop in pending:
+                    progress(extract_chunk(quiet, sources, writer, k, start, stop))
+        missing = set(range(len(bounds))) - set(_done_chunks(path, bounds, verify=False))
+        if missing:
+            raise IncompleteStoreError(f"{path}: chunks {sorted(missing)[:10]} were not written; run again to resume")
+        _write_meta(path, {**meta, "complete": True})
+    return load_store(path)
+
+
+# -------------------------------------------------------------------------------------------- reading
+class StoreArray(np.memmap):
+    """A read-only ``numpy.memmap`` of a store that pickles as a *reference* (path, dtype, shape, offset).
+
+    Joblib (loky) and Dask ship it to workers without copying the data: each worker re-maps the file
+    (which must be visible to it). Slices and fancy-indexed subsets are ordinary arrays and pickle by value.
+    """
+
+    def __array_finalize__(self, obj):
+        super().__array_finalize__(obj)
+        self._store_ref = None
+
+    def __reduce_ex__(self, protocol):
+        ref = getattr(self, "_store_ref", None)
+        if ref is None or self._mmap is None:
+            return np.asarray(self).__reduce_ex__(protocol)
+        return _open_store_array, ref
+
+    def __reduce__(self):
+        return self.__reduce_ex__(2)
+
+
+def _open_store_array(filename: str, dtype: str, shape: tuple, offset: int) -> StoreArray:
+    arr = StoreArray(filename, dtype=np.dtype(dtype), mode="r", offset=offset, shape=tuple(shape))
+    arr._store_ref = (filename, np.dtype(dtype).str, tuple(shape), offset)
+    return arr
+
+
+@dataclass(frozen=True)
+class EmbeddingStore:
+    """A finished (or explicitly partial) store, read back memory-mapped.
+
+    Attributes
+    ----------
+    path : Path
+    embeddings : StoreArray
+        ``(n_samples, n_features)`` read-only memory map; pass it straight to estimators.
+    feature_names : ndarray of str
+        ``<source>_<color>_<k>`` per column, as :meth:`BackboneEmbedder.get_feature_names_out`.
+    index : pandas.Index or None
+        The index of the DataFrame/Series the store was extracted from.
+    meta : dict
+        The content of ``store.json`` (embedding configuration, dtype, chunking, views).
+    """
+
+    path: Path
+    embeddings: np.ndarray = field(repr=False)
+    feature_names: np.ndarray = field(repr=False)
+    index: pd.Index | None = field(repr=False)
+    meta: dict = field(repr=False)
+
+    def __len__(self) -> int:
+        return self.embeddings.shape[0]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.embeddings.shape)
+
+
+def load_store(path, *, allow_partial: bool = False, verify: bool = False) -> EmbeddingStore:
+    """Open a store written by :func:`extract_to_store` (or ``skdfl embed``) without loading it.
+
+    Parameters
+    ----------
+    path : str or Path
+    allow_partial : bool, default=False
+        Open an unfinished store; its unwritten rows read as zeros.
+    verify : bool, default=False
+        Check every chunk against its crc32 (reads the whole file once) and raise on a mismatch.
+    """
+    path = Path(path).expanduser()
+    meta = _read_meta(path) if path.is_dir() else None
+    if meta is None:
+        raise FileNotFoundError(f"no embedding store at {path} (missing {META_FILE})")
+    bounds = chunk_bounds(meta["shape"][0], meta["chunk_size"])
+    if not meta.get("complete") and not allow_partial:
+        n_done = len(_done_chunks(path, bounds, verify=False))
+        raise IncompleteStoreError(
+            f"the store at {path} is incomplete ({n_done} of {len(bounds)} chunks); resume the extraction "
+            "(extract_to_store / skdfl embed with the same arguments) or pass allow_partial=True"
+        )
+    if verify:
+        good = _done_chunks(path, bounds, verify=True)
+        bad = sorted(set(range(len(bounds))) - set(good))
+        if bad and meta.get("complete"):
+            raise ValueError(f"the store at {path} is corrupt: chunks {bad[:10]} fail their checksum")
+    _register_dask_serializers()
+    data_file = path / DATA_FILE
+    embeddings = _open_store_array(str(data_file.resolve()), meta["dtype"], tuple(meta["shape"]), _data_offset(data_file))
+    views = [View(*v) for v in meta["views"]]
+    index = None
+    if meta.get("has_index"):
+        index = pd.read_json(path / INDEX_FILE, orient="table").index
+    return EmbeddingStore(path, embeddings, feature_names(views, meta["embedding_dim"]), index, meta)
+
+
+# ------------------------------------------------------------------------------------ dask transport
+_DASK_REGISTERED = False
+
+
+def _register_dask_serializers() -> None:
+    """Make Dask ship a whole :class:`StoreArray` by reference rather than copying its bytes.
+
+    Dask picks serialisers by type along the MRO and would use its ndarray serialiser; declining the
+    "dask" family sends the array through pickle, i.e. :meth:`StoreArray.__reduce_ex__`. Only the sending
+    process needs this; it runs when a store is opened with ``distributed`` imported.
+    """
+    global _DASK_REGISTERED
+    if _DASK_REGISTERED or "distributed" not in sys.modules:
+        return
+    from distributed.protocol import dask_serialize
+
+    @dask_serialize.register(StoreArray)
+    def _decline(arr):
+        raise NotImplementedError("StoreArray travels by pickle (a file reference)")
+
+    _DASK_REGISTERED = True
+
+
+_register_dask_serializers()
+
+
+def iter_chunks(store: EmbeddingStore, size: int = 65536) -> Iterable[tuple[int, np.ndarray]]:
+    """``(start, float32 block)`` over a store: process a float16 store in bounded memory."""
+    for start in range(0, len(store), size):
+        yield start, np.asarray(store.embeddings[start : start + size], dtype=np.float32)
+
+
+__all__ = [
+    "ChunkWriter",
+    "EmbeddingStore",
+    "IncompleteStoreError",
+    "StoreArray",
+    "extract_to_store",
+    "iter_chunks",
+    "lazy_sources",
+    "load_store",
+]
