@@ -39,7 +39,7 @@ def _mtime(path) -> float | None:
 
 
 class ViewDataset(Dataset):
-    """Sample ``i`` -> uint8 tensor ``(n_views, 3, H, W)``: every view of one sample, each file decoded once.
+    """Sample ``i`` -> uint8 tensor ``(n_views, H, W, 3)``: every view of one sample, each file decoded once.
 
     Normalisation is left to the device (batched), so workers ship compact uint8 tensors.
     """
@@ -67,7 +67,7 @@ class ViewDataset(Dataset):
             where = f"sample {i}, source {source!r}"
             img = fit_geometry(read_image(self.sources[source][i], where), self.size, where=where, **self.geometry)
             images.extend(apply_color(img, color) for color in colors)
-        return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+        return torch.from_numpy(np.stack(images))
 
 
 class BackboneEmbedder(TransformerMixin, BaseEstimator):
@@ -314,7 +314,8 @@ class BackboneEmbedder(TransformerMixin, BaseEstimator):
         ) as bar:
             for batch in loader:
                 b = batch.shape[0]
-                x = batch.to(device, non_blocking=True).flatten(0, 1).float()
+                # NHWC -> NCHW is a view with channels_last strides: no copy, the layout the model wants.
+                x = batch.to(device, non_blocking=True).flatten(0, 1).permute(0, 3, 1, 2).float()
                 x = ((x - mean) / std).contiguous(memory_format=memory_format)
                 with autocast(device, dtype):
                     feats = self._forward(module, x)

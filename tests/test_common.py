@@ -7,11 +7,12 @@ it cannot pass (with the reason) in ``_expected_failed_checks``.
 from __future__ import annotations
 
 import pytest
-import torch
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from skdfl.embedder import BackboneEmbedder
 from skdfl.heads import FocalHeadClassifier
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class TabularCheckedEmbedder(BackboneEmbedder):
@@ -82,14 +83,6 @@ def _expected_failed_checks(estimator):
     return {}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_torch_thread():
-    # The estimators under test are tiny; on a shared, oversubscribed machine OpenMP spin-waiting made the
-    # suite ~7x slower with the default thread count. Restored for other modules.
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n_threads)
 
 
 @parametrize_with_checks(_estimators(), expected_failed_checks=_expected_failed_checks)

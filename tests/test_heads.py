@@ -24,18 +24,12 @@ from skorch.callbacks import Callback
 from skdfl import heads
 from skdfl.heads import FocalHeadClassifier, FocalLoss, GaussianNoise, MLPHead
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 # Small and fast: a tiny head with a large learning rate converges in a few epochs on these problems.
 FAST = dict(hidden_units=(16,), lr=0.02, max_epochs=15, batch_size=32, random_state=0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_torch_thread():
-    # These heads are far too small to gain from intra-op threads, and on a shared, oversubscribed
-    # machine OpenMP spin-waiting made this module ~10x slower. Restored for other modules.
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n_threads)
 
 
 @pytest.fixture(scope="module")

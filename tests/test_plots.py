@@ -7,7 +7,6 @@ import argparse
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from matplotlib.collections import PathCollection
 from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
@@ -24,17 +23,12 @@ from skdfl.plots import (
     save_figure,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 METRICS = ("balanced_accuracy", "cohen_kappa", "f1_weighted", "f1_macro")
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # Tiny tensors: a second thread only adds OpenMP spin-waiting on the shared 2-core CI machine.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _assert_png(path):

@@ -7,7 +7,6 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold, StratifiedKFold
 from sklearn.pipeline import make_pipeline
@@ -26,6 +25,8 @@ from skdfl.selection import (
     set_head_params,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 METRIC_COLUMNS = [
     f"{m}_{s}"
     for m in ("balanced_accuracy", "cohen_kappa", "f1_weighted", "f1_macro")
@@ -33,13 +34,6 @@ METRIC_COLUMNS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # Tiny tensors: a second thread only adds OpenMP spin-waiting on the shared 2-core CI machine.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 class CountingNet(nn.Module):

@@ -13,7 +13,6 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
-import torch
 from optuna.trial import TrialState
 from sklearn.datasets import make_classification
 from sklearn.dummy import DummyClassifier
@@ -24,16 +23,11 @@ from sklearn.preprocessing import StandardScaler
 from skdfl.heads import FocalHeadClassifier
 from skdfl.tuning import HIDDEN_UNITS_CHOICES, HeadSearchCV, head_search_space
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # Tiny tensors: a second thread only adds OpenMP spin-waiting on the shared 2-core CI machine.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
