@@ -26,8 +26,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
     """Autocast dtype for ``precision`` on ``device`` (``None`` means plain fp32).
 
-    ``"auto"`` is bf16 on a CPU with native bf16 support (measured ~5x faster than fp32 with channels_last,
-    cosine > 0.99 to fp32), fp32 on other CPUs, fp16 on CUDA/MPS.
+    ``"auto"`` is bf16 on a CPU with native bf16 support (with channels_last, measured ~3x faster than
+    contiguous fp32 for DenseNet-121 on 2 cores, min cosine to fp32 >= 0.999: ``benchmarks/bench_precision.py``),
+    fp32 on other CPUs, fp16 on CUDA/MPS.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")

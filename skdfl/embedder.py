@@ -102,8 +102,9 @@ class BackboneEmbedder(TransformerMixin, BaseEstimator):
         ``"auto"`` picks CUDA, then MPS, then CPU.
     precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
         Autocast precision of the forward pass. ``"auto"`` is bf16 on a CPU with native bf16 support
-        (measured 4-5x faster than fp32 with ``channels_last`` on 2 cores, embeddings within cosine 0.99
-        of fp32; see ``benchmarks/``), fp32 on other CPUs, fp16 on CUDA/MPS.
+        (with ``channels_last``, measured ~3x faster than fp32 for DenseNet-121 on 2 cores, embeddings
+        within cosine 0.999 of fp32; ``benchmarks/bench_precision.py``), fp32 on other CPUs, fp16 on
+        CUDA/MPS.
     random_state : int, default=0
         Seed of the weights of a random-init backbone (``pretrained=False``), so refits and clones embed
         identically. Pretrained weights do not depend on it.
