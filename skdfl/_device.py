@@ -27,7 +27,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     """Autocast dtype for ``precision`` on ``device`` (``None`` means plain fp32).
 
     ``"auto"`` is bf16 on a CPU with native bf16 support (with channels_last, measured ~3x faster than
-    contiguous fp32 for DenseNet-121 on 2 cores, min cosine to fp32 >= 0.999: ``benchmarks/bench_precision.py``),
+    contiguous fp32 for DenseNet-121 on 2 cores, min cosine to fp32 >= 0.998: ``benchmarks/bench_precision.py``),
     fp32 on other CPUs, fp16 on CUDA/MPS.
     """
     if precision not in PRECISIONS:

@@ -97,13 +97,15 @@ class BackboneEmbedder(TransformerMixin, BaseEstimator):
     batch_size : int, default=32
         Images (samples) per forward pass.
     num_workers : int, default=0
-        DataLoader worker processes decoding files; ``0`` decodes in the main process.
+        DataLoader worker processes decoding files; ``0`` decodes in the main process. Decoding and
+        resizing a 700x460 PNG costs ~10 ms, serial with the forward pass when ``0``: on a GPU machine set
+        it to the number of spare CPU cores (on a 2-core CPU-only machine a worker only steals cores).
     device : str, default="auto"
         ``"auto"`` picks CUDA, then MPS, then CPU.
     precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
         Autocast precision of the forward pass. ``"auto"`` is bf16 on a CPU with native bf16 support
         (with ``channels_last``, measured ~3x faster than fp32 for DenseNet-121 on 2 cores, embeddings
-        within cosine 0.999 of fp32; ``benchmarks/bench_precision.py``), fp32 on other CPUs, fp16 on
+        within cosine 0.998 of fp32; ``benchmarks/bench_precision.py``), fp32 on other CPUs, fp16 on
         CUDA/MPS.
     random_state : int, default=0
         Seed of the weights of a random-init backbone (``pretrained=False``), so refits and clones embed
