@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 import skdfl
+from skdfl.backbones import weights_fingerprint
 from skdfl.datasets import data_dir as _default_data_dir
 
 HERE = Path(__file__).resolve().parent
@@ -235,14 +236,6 @@ def embedder_kwargs(spec: dict) -> dict:
     return {k: v for k, v in spec.items() if k in ("backbone", "pretrained")}
 
 
-def weights_fingerprint(module: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().float().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def bare_batches(emb, paths: list[str], device) -> list[torch.Tensor]:
     """The exact normalised input tensors ``emb.transform(paths)`` feeds its backbone, built ahead of time."""
     ds = emb._dataset({"image": paths}, np.arange(len(paths)))
@@ -283,7 +276,7 @@ def embed_cached(X, name: str, *, device="auto", refresh: bool = False, **params
     h.update(json.dumps({k: repr(v) for k, v in sorted(params.items())}).encode())
     h.update(json.dumps(cols).encode())
     h.update(skdfl.__version__.encode())
-    h.update(weights_fingerprint(emb.module_).encode())
+    h.update(weights_fingerprint(emb.module_).encode())  # skdfl's: the cache key the embedder uses
     for c in cells:
         h.update(cell_key(c).encode())
     path = CACHE / f"{name}-{h.hexdigest()[:16]}.npy"
