@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmark scripts: CLI, machine info, timing, data, embedding cache, output.
+"""Helpers shared by the benchmark scripts: CLI, machine info, timing, data, embedding stores, output.
 
 Timings on a shared machine drift by 2-5x within minutes, so every comparison here is a *ratio measured
 inside one run*, with the two sides interleaved (A B B A A B ...) and the median over repeats taken.
@@ -23,7 +23,6 @@ import pandas as pd
 import torch
 
 import skdfl
-from skdfl.backbones import weights_fingerprint
 from skdfl.datasets import data_dir as _default_data_dir
 
 HERE = Path(__file__).resolve().parent
@@ -238,7 +237,7 @@ def embedder_kwargs(spec: dict) -> dict:
 
 def bare_batches(emb, paths: list[str], device) -> list[torch.Tensor]:
     """The exact normalised input tensors ``emb.transform(paths)`` feeds its backbone, built ahead of time."""
-    ds = emb._dataset({"image": paths}, np.arange(len(paths)))
+    ds = emb.view_dataset({"image": paths})
     mean = torch.tensor(emb.data_config_["mean"]).view(1, 3, 1, 1) * 255.0
     std = torch.tensor(emb.data_config_["std"]).view(1, 3, 1, 1) * 255.0
     batches = []
@@ -251,45 +250,45 @@ def bare_batches(emb, paths: list[str], device) -> list[torch.Tensor]:
     return batches
 
 
-# ------------------------------------------------------------------------------------ embed + cache
-def cell_key(cell) -> str:
-    if isinstance(cell, np.ndarray):
-        return hashlib.sha256(str(cell.shape).encode() + cell.tobytes()).hexdigest()[:20]
-    return str(cell)
-
-
+# ------------------------------------------------------------------------------------ embed + store
 def embed_cached(X, name: str, *, device="auto", refresh: bool = False, **params) -> tuple[np.ndarray, dict]:
-    """``BackboneEmbedder(**params).fit_transform(X)``, stored whole under ``results/cache/``.
+    """``BackboneEmbedder(**params).fit_transform(X)``, kept as an skdfl embedding store under ``results/cache/``.
 
-    The key covers the embedder parameters, every input cell (path or pixel hash), the backbone weights
-    and the skdfl version, so a changed converter or preprocessing never serves stale embeddings. One
-    ``.npy`` per matrix (not per image) because the ablations reload whole matrices many times.
+    One store (:func:`skdfl.extract_to_store`) per (name, parameters, input cells), because the ablations
+    reload whole matrices many times. The folder is named by a hash of the parameters and of every cell's
+    content key (:func:`skdfl.storage.content_key`: a path's size and mtime, an array's pixels); the store
+    itself records the embedder's signature (backbone, weights fingerprint, geometry, precision, skdfl
+    version) and refuses to serve another extraction, which is then redone in place, so a changed converter
+    or preprocessing never serves stale embeddings. An interrupted extraction resumes.
     Returns the embeddings and a small record (seconds spent, whether it was a cache hit).
     """
-    from skdfl import BackboneEmbedder
+    from skdfl import BackboneEmbedder, extract_to_store, load_store
+    from skdfl.storage import IncompleteStoreError, StoreMismatchError, content_key
 
     emb = BackboneEmbedder(device=device, verbose=0, **params)
     cols = list(X.columns) if isinstance(X, pd.DataFrame) else ["image"]
     cells = X[cols].to_numpy().ravel().tolist() if isinstance(X, pd.DataFrame) else list(X)
-    emb.fit(X.iloc[:1] if isinstance(X, pd.DataFrame) else cells[:1])
     h = hashlib.sha256()
     h.update(json.dumps({k: repr(v) for k, v in sorted(params.items())}).encode())
     h.update(json.dumps(cols).encode())
-    h.update(skdfl.__version__.encode())
-    h.update(weights_fingerprint(emb.module_).encode())  # skdfl's: the cache key the embedder uses
     for c in cells:
-        h.update(cell_key(c).encode())
-    path = CACHE / f"{name}-{h.hexdigest()[:16]}.npy"
-    if path.is_file() and not refresh:
-        return np.load(path), {"cache_hit": True, "seconds": 0.0, "file": path.name}
+        h.update(content_key(c).encode())
+    path = CACHE / f"{name}-{h.hexdigest()[:16]}"
+    try:
+        hit = not refresh and load_store(path).meta["complete"]
+    except (FileNotFoundError, IncompleteStoreError):
+        hit = False
     with Stopwatch() as sw:
-        Z = emb.transform(X)
-    CACHE.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, Z)
-    os.replace(tmp, path)
-    return Z, {"cache_hit": False, "seconds": round(sw.seconds, 2), "file": path.name,
-               "images_per_s": round(len(Z) * len(emb.views_) / sw.seconds, 2)}
+        try:
+            store = extract_to_store(X, path, emb, overwrite=refresh, verbose=0)
+        except StoreMismatchError:  # other weights, preprocessing or skdfl version: redo
+            hit = False
+            store = extract_to_store(X, path, emb, overwrite=True, verbose=0)
+    Z = np.array(store.embeddings, dtype=np.float32)
+    record = {"cache_hit": hit, "seconds": round(sw.seconds, 2), "file": path.name}
+    if not hit:
+        record["images_per_s"] = round(len(Z) * len(store.meta["views"]) / sw.seconds, 2)
+    return Z, record
 
 
 # ------------------------------------------------------------------------------------------ output

@@ -54,7 +54,7 @@ def run_one(model: str, label: str, set_name: str, paths: list[str], args, devic
     out = emb.transform(paths)
     cos = (ref * out).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1))
 
-    prep_ms = _prep_ms(emb._dataset({"image": paths}, np.arange(len(paths))), len(paths))
+    prep_ms = _prep_ms(emb.view_dataset({"image": paths}), len(paths))
 
     n = len(paths)
     row = {

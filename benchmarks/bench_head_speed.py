@@ -6,7 +6,7 @@ hidden layer, Adam, batch 128, the same number of epochs, no early stopping) as 
 the overhead of skorch/torch. The values are Gaussian with a linear label rule: fit time does not depend on
 what the numbers are.
 
-Part B runs ``skdfl.tuning.HeadSearchCV`` (Optuna TPE + median pruning, skdfl's default search space,
+Part B runs ``skdfl.model_selection.HeadSearchCV`` (Optuna TPE + median pruning, skdfl's default search space,
 3-fold patient-grouped CV, no refit) for 50 trials (20 with ``--quick``) on real IDC embeddings from the ablation cache.
 """
 
@@ -60,7 +60,7 @@ def fit_speed(args, device) -> dict:
 def optuna_speed(args, device, root) -> dict:
     import optuna
 
-    from skdfl.tuning import HeadSearchCV
+    from skdfl.model_selection import HeadSearchCV
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     n = 800 if args.quick else None

@@ -4,7 +4,7 @@ Candidates: the one genuinely pretrained backbone available offline (Keras Image
 random-init DenseNet-121, ResNet-18, ResNet-50 and ViT-S/16. Proxy tasks: CRC-VAL-HE-7K mini (32 tiles,
 8 classes, 4-fold stratified CV) and BreakHis benign vs malignant (107 images, 5-fold patient-grouped CV).
 Real task: Breast IDC (27 patients, 5-fold patient-grouped CV). Every task uses skdfl's proxy head
-(``skdfl.selection.default_head``: StandardScaler + linear focal-loss softmax with Gaussian noise).
+(``skdfl.model_selection.default_head``: StandardScaler + linear focal-loss softmax with Gaussian noise).
 
 With a single pretrained candidate this is a weak test: the ranking it can check is mostly "pretrained
 first", plus the order of random-init architectures, whose features reflect inductive bias only.
@@ -20,7 +20,7 @@ from scipy import stats
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-from skdfl.selection import default_head
+from skdfl.model_selection import default_head
 
 RANDOM = {"densenet121": "DenseNet-121", "resnet18": "ResNet-18", "resnet50": "ResNet-50",
           "vit_small_patch16_224": "ViT-S/16"}
@@ -94,7 +94,7 @@ def main():
     print(table)
     print()
     print(table2)
-    config = {"candidates": candidates, "head": "skdfl.selection.default_head",
+    config = {"candidates": candidates, "head": "skdfl.model_selection.default_head",
               "tasks": {k: len(v[0]) for k, v in tasks.items()}}
     C.write_result(args, "proxy_ranking", config=config, results={"rows": rows, "agreement": agreement},
                    tables=[table, table2], device=device, seconds=time.perf_counter() - t_start)

@@ -78,7 +78,7 @@ def worker(mode: str, n: int, chunk_size: int) -> dict:
     """Runs in a fresh process: extract ``n`` images, report time and memory."""
     import torch
 
-    import skdfl.store as store_mod
+    from skdfl import extract_to_store
 
     torch.manual_seed(0)
     emb = _embedder(tiny_cnn()).fit([SyntheticStream(1)[0]])
@@ -87,7 +87,7 @@ def worker(mode: str, n: int, chunk_size: int) -> dict:
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
         start = time.perf_counter()
         if mode == "store":
-            store = store_mod.extract_to_store(stream, Path(tmp) / "store", emb, chunk_size=chunk_size, verbose=0)
+            store = extract_to_store(stream, Path(tmp) / "store", emb, chunk_size=chunk_size, verbose=0)
             shape = store.shape
             del store
         else:

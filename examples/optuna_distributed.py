@@ -45,7 +45,7 @@ def extract(store_path: Path, n_samples: int) -> None:
     """Embed the synthetic data set once (resumable: re-running skips finished chunks)."""
     from skdfl import BackboneEmbedder
     from skdfl.datasets import make_tissue_patches
-    from skdfl.store import extract_to_store
+    from skdfl.storage import extract_to_store
 
     X, y = make_tissue_patches(n_samples, random_state=0)  # SYNTHETIC multi-zoom patches
     embedder = BackboneEmbedder(
@@ -83,7 +83,7 @@ def work(storage_url: str, store_path: Path, n_trials: int) -> None:
     import optuna
     import torch
 
-    from skdfl.store import load_store
+    from skdfl.storage import load_store
 
     torch.set_num_threads(1)  # several workers share the machine's cores
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -4,14 +4,12 @@ A frozen pretrained backbone embeds image patches once (:class:`BackboneEmbedder
 are trained on the embeddings (:class:`FocalHeadClassifier`). Both are ordinary scikit-learn estimators.
 """
 
+from ._version import __version__
 from .backbones import list_backbones, load_backbone
-from .cache import EmbeddingCache
 from .embedder import BackboneEmbedder
 from .heads import FocalHeadClassifier, FocalLoss, GaussianNoise, MLPHead
-from .store import extract_to_store, load_store
+from .storage import EmbeddingCache, extract_to_store, load_store
 from .views import View
-
-__version__ = "0.1.0"
 
 __all__ = [
     "BackboneEmbedder",

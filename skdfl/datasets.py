@@ -263,3 +263,52 @@ def load_data(
             if bunch[key] is not None:
                 bunch[key] = bunch[key].iloc[keep].reset_index(drop=True)
     return bunch
+
+
+def load_image_list(source: str | os.PathLike, image_cols: list[str] | None = None) -> pd.DataFrame:
+    """Unlabelled images to embed, as a DataFrame of paths with one column per source; no image is opened.
+
+    Parameters
+    ----------
+    source : str or path
+        A folder (every image below it, recursively, sorted; source ``"image"``), a ``.csv`` or
+        ``.parquet`` table (columns ``image_cols``; relative paths are relative to the table's folder) or
+        a ``.txt`` file with one path per line (source ``"image"``).
+    image_cols : list of str, default=None
+        Columns of a table holding the paths; default ``["path"]``.
+
+    Returns
+    -------
+    X : DataFrame
+        Absolute or table-relative-resolved paths, indexed like the table.
+    """
+    source = Path(source)
+    if source.is_dir():
+        paths = sorted(str(p) for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not paths:
+            raise FileNotFoundError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under {source}")
+        return pd.DataFrame({"image": paths})
+    if not source.is_file():
+        raise FileNotFoundError(f"input not found: {source}")
+    suffix = source.suffix.lower()
+    if suffix not in (".csv", ".parquet", ".txt"):
+        raise ValueError(f"input must be a folder, a .csv, .parquet or .txt file, got {source}")
+    if suffix == ".txt":
+        lines = [line.strip() for line in source.read_text().splitlines()]
+        table, cols = pd.DataFrame({"image": [line for line in lines if line]}), ["image"]
+    else:
+        table = pd.read_csv(source) if suffix == ".csv" else pd.read_parquet(source)
+        cols = image_cols or ["path"]
+        missing = [c for c in cols if c not in table.columns]
+        if missing:
+            raise ValueError(
+                f"{source}: no column(s) {missing} (columns: {list(table.columns)}); choose the image "
+                "column(s) with image_cols (--image-col on the command line)"
+            )
+    if len(table) == 0:
+        raise ValueError(f"{source}: no images listed")
+    base = source.parent
+    return pd.DataFrame(
+        {c: [p if os.path.isabs(p) else str(base / p) for p in table[c].astype(str)] for c in cols},
+        index=table.index,
+    )

@@ -60,6 +60,18 @@ def default_demo_embedder(**kwargs) -> BackboneEmbedder:
     return BackboneEmbedder(PRETRAINED_DEMO_BACKBONE, pretrained=True, **kwargs)
 
 
+def check_output_path(out, *, overwrite: bool, hint: str = "pass overwrite=True to replace it") -> None:
+    """Refuse to write over an existing file at ``out`` unless ``overwrite``; checked before any work.
+
+    Raises
+    ------
+    FileExistsError
+        ``out`` exists and ``overwrite`` is false; the message names the file.
+    """
+    if out is not None and not overwrite and Path(out).exists():
+        raise FileExistsError(f"{out} already exists; {hint}")
+
+
 def run_demo(
     X,
     y,
@@ -69,14 +81,17 @@ def run_demo(
     groups=None,
     cv: int = 5,
     out: str | Path | None = None,
+    overwrite: bool = False,
     random_state: int = 0,
     log=print,
 ) -> DemoResult:
     """Extract embeddings once, cross-validate ``StandardScaler + head`` on them, refit, save.
 
     Cross-validating on embeddings computed once is sound because the embedder is frozen and never sees
-    labels. ``groups`` (e.g. patients) makes the folds grouped.
+    labels. ``groups`` (e.g. patients) makes the folds grouped. The fitted pipeline is saved to ``out``;
+    an existing file there is an error (checked before any work) unless ``overwrite=True``.
     """
+    check_output_path(out, overwrite=overwrite)
     head = head if head is not None else FocalHeadClassifier(random_state=random_state)
     y = np.asarray(y)
     timings = {}

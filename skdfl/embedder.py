@@ -1,11 +1,34 @@
-"""BackboneEmbedder: a scikit-learn transformer turning images into frozen-backbone embeddings."""
+"""BackboneEmbedder: a scikit-learn transformer turning images into frozen-backbone embeddings.
+
+The embedder owns the extraction loop and its one public entry point, :meth:`BackboneEmbedder.embed_rows`:
+``transform``, the embedding cache, the chunked store and Dask workers all embed through it.
+
+Cache keys
+----------
+With ``cache=DIR`` the embedder looks vectors up in an :class:`~skdfl.storage.EmbeddingCache`:
+
+* the *namespace* is the hash of :meth:`BackboneEmbedder.embedding_signature`: everything besides the image
+  that changes the numbers (backbone identity and architecture, a sha256 of its weights, pooling, input
+  size, resize policy and its parameters, normalisation, the *resolved* autocast precision, the embedding
+  dimension and the skdfl version: a release may change preprocessing, and a stale embedding is worse than
+  a re-extraction);
+* the *key* is one **view** of one sample: ``sha256(namespace | content key of the source cell | colour)``
+  (:func:`skdfl.storage.content_key`). Entries are per view rather than per sample so that trying
+  ``views=["x20"]`` and then ``views=["x20", "x5"]``, or adding ``"gray"`` to ``colors``, reuses every
+  embedding already computed. The source column's *name* is not part of the key: the same image under
+  another column name has the same embedding.
+"""
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 import threading
+import warnings
+import weakref
 from collections import OrderedDict
+from collections.abc import Mapping
 from numbers import Integral, Real
 from pathlib import Path
 
@@ -19,9 +42,10 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ._device import PRECISIONS, autocast, resolve_device, resolve_precision
-from .backbones import load_backbone
-from .cache import EmbeddingCache, as_cache
+from ._version import __version__
+from .backbones import load_backbone, weights_fingerprint
 from .io import as_sources, read_image
+from .storage import CacheCorruptionWarning, CacheWriteWarning, EmbeddingCache, as_cache
 from .transforms import RESIZE_POLICIES, fit_geometry
 from .views import View, apply_color, feature_names, resolve_views
 
@@ -29,6 +53,19 @@ from .views import View, apply_color, feature_names, resolve_views
 _SHARED_BACKBONES: OrderedDict[tuple, tuple[nn.Module, dict, dict]] = OrderedDict()
 _MAX_SHARED_BACKBONES = 2
 _SHARED_LOCK = threading.Lock()
+
+# Fingerprints of fitted backbones, computed once per module object: hashing a ViT-L takes ~1 s.
+_FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# Version of the layout of embedding_signature(); part of every cache namespace and store description.
+SIGNATURE_FORMAT = 1
+
+
+def _memoised_fingerprint(module: nn.Module) -> str:
+    try:
+        return _FINGERPRINTS[module]
+    except KeyError:
+        digest = _FINGERPRINTS[module] = weights_fingerprint(module)
+        return digest
 
 
 def _mtime(path) -> float | None:
@@ -113,7 +150,7 @@ class BackboneEmbedder(TransformerMixin, BaseEstimator):
     verbose : int, default=1
         ``0`` is silent; ``>=1`` shows a progress bar while embedding.
     cache : str, Path or EmbeddingCache, default=None
-        Folder of an on-disk embedding cache (:class:`skdfl.cache.EmbeddingCache`). ``transform`` then
+        Folder of an on-disk embedding cache (:class:`skdfl.storage.EmbeddingCache`). ``transform`` then
         looks every (sample, view) up by content and runs the backbone only on the missing ones, so
         cross-validation, grid searches and separate processes sharing the folder embed each image once.
         ``None`` disables caching.
@@ -268,23 +305,111 @@ class BackboneEmbedder(TransformerMixin, BaseEstimator):
         """Embed ``X``; returns float32 ``(n_samples, len(views_) * embedding_dim_)``."""
         check_is_fitted(self)
         sources, _ = as_sources(X)
-        self._check_sources(sources)
-        n = len(next(iter(sources.values())))
-        if self.cache is not None:
-            return as_cache(self.cache).embed(self, sources, np.arange(n))
-        return self._embed(sources, np.arange(n))
+        return self.embed_rows(sources)
 
-    def _check_sources(self, sources) -> None:
+    # ------------------------------------------------- extraction protocol
+    def embed_rows(self, sources, indices=None, *, use_cache=True, verbose=None) -> np.ndarray:
+        """Embeddings of rows ``indices`` of ``sources``: the one way skdfl runs the backbone.
+
+        ``transform``, :func:`~skdfl.storage.extract_to_store` (one call per chunk) and Dask workers all
+        embed through this method, so its behaviour (geometry, normalisation, precision, batching,
+        caching) is the same whichever way the embeddings are produced.
+
+        Parameters
+        ----------
+        sources : mapping of str to sequence
+            Source name -> cells, as returned by :func:`skdfl.io.as_sources`; it must hold every source of
+            :attr:`views_` (extra sources are ignored). Cells are read only for the rows embedded.
+        indices : array-like of int, default=None
+            Rows to embed, in output order (repeats allowed); ``None`` embeds every row.
+        use_cache : bool, default=True
+            Look the (row, view) pairs up in the ``cache`` parameter's cache, when set, and store what had
+            to be computed there. ``False`` always runs the backbone (the store passes ``False``: it is its
+            own cache).
+        verbose : int, default=None
+            Overrides the ``verbose`` parameter for this call (callers with their own progress bar pass 0).
+
+        Returns
+        -------
+        ndarray of shape (len(indices), len(views_) * embedding_dim_), float32
+            Views concatenated in :attr:`views_` order, as :meth:`get_feature_names_out` names them.
+        """
+        check_is_fitted(self)
+        self.check_sources(sources)
+        if indices is None:
+            indices = np.arange(len(sources[self.views_[0].source]))
+        indices = np.asarray(indices)
+        if indices.ndim != 1 or not (indices.size == 0 or np.issubdtype(indices.dtype, np.integer)):
+            raise ValueError(f"indices must be a 1-D array of row numbers, got {indices.dtype} of shape {indices.shape}")
+        verbose = self.verbose if verbose is None else verbose
+        if use_cache and self.cache is not None:
+            return self._embed_cached(as_cache(self.cache), sources, indices, verbose)
+        return self._embed_views(sources, indices, self.views_, verbose)
+
+    def check_sources(self, sources) -> None:
+        """Raise a ``ValueError`` naming the source columns this fitted embedder needs and ``sources`` lacks."""
+        check_is_fitted(self)
+        if not isinstance(sources, Mapping):
+            raise TypeError(
+                f"sources must map source names to cells (see skdfl.io.as_sources), got {type(sources).__name__}"
+            )
         missing = sorted({v.source for v in self.views_} - set(sources))
         if missing:
             raise ValueError(
                 f"X lacks the source columns {missing} this embedder was fitted with; got {list(sources)}"
             )
 
-    def _dataset(self, sources, indices) -> ViewDataset:
+    def view_dataset(self, sources, indices=None) -> ViewDataset:
+        """The torch ``Dataset`` :meth:`embed_rows` reads: item ``k`` holds every view of row ``indices[k]``.
+
+        Items are uint8 tensors ``(len(views_), H, W, 3)``, brought to :attr:`input_size_` and coloured
+        but not normalised (``embed_rows`` normalises whole batches on the device with
+        ``data_config_["mean"]`` / ``["std"]``). For profiling the input pipeline and for custom loops.
+        """
+        check_is_fitted(self)
+        self.check_sources(sources)
+        if indices is None:
+            indices = np.arange(len(sources[self.views_[0].source]))
+        return self._view_dataset(sources, indices, self.views_)
+
+    def embedding_signature(self) -> dict:
+        """Everything besides the image that determines this fitted embedder's output for one view.
+
+        Two fitted embedders with equal signatures give equal embeddings of equal images (up to the
+        rounding of batch composition), so the dict keys the embedding cache (its hash is the namespace)
+        and is recorded in embedding stores, which refuse to resume with another one. JSON-serialisable.
+        """
+        check_is_fitted(self)
+        module = self.module_
+        backbone = self.backbone
+        name = backbone if isinstance(backbone, str) else f"{type(backbone).__module__}.{type(backbone).__qualname__}"
+        dtype = resolve_precision(self.precision, resolve_device(self.device))
+        config = self.data_config_
+        pool = getattr(module, "global_pool", None)
+        return {
+            "format": SIGNATURE_FORMAT,
+            "skdfl": __version__,
+            "backbone": name,
+            # repr covers layer hyper-parameters that the weights' shapes do not (strides, activations).
+            "architecture": hashlib.sha256(repr(module).encode()).hexdigest()[:16],
+            "weights": _memoised_fingerprint(module),
+            "pooling": None if pool is None else repr(pool),
+            "input_size": list(self.input_size_),
+            "resize": self.resize,
+            "scale": self.scale,
+            "interpolation": config.get("interpolation", "bicubic"),
+            "crop_pct": config.get("crop_pct", 1.0) or 1.0,
+            "mean": [float(m) for m in config["mean"]],
+            "std": [float(s) for s in config["std"]],
+            "precision": "fp32" if dtype is None else str(dtype).removeprefix("torch."),
+            "embedding_dim": int(self.embedding_dim_),
+        }
+
+    # ------------------------------------------------------------ internals
+    def _view_dataset(self, sources, indices, views) -> ViewDataset:
         return ViewDataset(
             sources,
-            self.views_,
+            views,
             indices,
             self.input_size_,
             policy=self.resize,
@@ -293,8 +418,8 @@ class BackboneEmbedder(TransformerMixin, BaseEstimator):
             scale=self.scale,
         )
 
-    def _embed(self, sources, indices) -> np.ndarray:
-        """Embeddings of samples ``indices`` of ``sources``, shape ``(len(indices), n_views * dim)``."""
+    def _embed_views(self, sources, indices, views, verbose) -> np.ndarray:
+        """The extraction loop: ``views`` of rows ``indices``, shape ``(len(indices), len(views) * dim)``."""
         device = resolve_device(self.device)
         dtype = resolve_precision(self.precision, device)
         memory_format = torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
@@ -302,10 +427,12 @@ class BackboneEmbedder(TransformerMixin, BaseEstimator):
         mean = torch.tensor(self.data_config_["mean"], device=device).view(1, 3, 1, 1) * 255.0
         std = torch.tensor(self.data_config_["std"], device=device).view(1, 3, 1, 1) * 255.0
 
-        n_views, dim = len(self.views_), self.embedding_dim_
+        n_views, dim = len(views), self.embedding_dim_
         out = np.empty((len(indices), n_views * dim), dtype=np.float32)
+        if len(indices) == 0:
+            return out
         loader = DataLoader(
-            self._dataset(sources, indices),
+            self._view_dataset(sources, indices, views),
             batch_size=self.batch_size,
             num_workers=self.num_workers,
             pin_memory=device.type == "cuda",
@@ -313,7 +440,7 @@ class BackboneEmbedder(TransformerMixin, BaseEstimator):
         )
         start = 0
         with torch.inference_mode(), tqdm(
-            total=len(indices), desc="embedding", unit="img", disable=not self.verbose, leave=False
+            total=len(indices), desc="embedding", unit="img", disable=not verbose, leave=False
         ) as bar:
             for batch in loader:
                 b = batch.shape[0]
@@ -329,6 +456,82 @@ class BackboneEmbedder(TransformerMixin, BaseEstimator):
             raise FloatingPointError(
                 "the backbone produced NaN/inf embeddings; try precision='fp32'"
             )
+        return out
+
+    def _embed_cached(self, cache: EmbeddingCache, sources, indices, verbose) -> np.ndarray:
+        """:meth:`_embed_views` of every view through ``cache`` (keys: see the module docstring).
+
+        Runs the backbone once per *distinct* missing (image, colour), in blocks so that progress survives
+        an interrupted run; returns what ``_embed_views`` would (up to batch-composition rounding).
+        """
+        description = self.embedding_signature()
+        namespace = cache.namespace(description)
+        views, dim = self.views_, self.embedding_dim_
+        n, n_views = len(indices), len(views)
+
+        cell_keys = {
+            source: [cache.cell_key(sources[source][int(i)], where=f"sample {i}, source {source!r}") for i in indices]
+            for source in {v.source for v in views}
+        }
+        keys = [
+            [hashlib.sha256(f"{namespace}|{cell_keys[v.source][k]}|{v.color}".encode()).hexdigest() for v in views]
+            for k in range(n)
+        ]
+
+        found: dict[str, np.ndarray | None] = {}
+        # Samples grouped by the tuple of views they still need; duplicates are scheduled once.
+        todo: dict[tuple[int, ...], list[int]] = {}
+        corrupt_before = cache.corrupt
+        for k in range(n):
+            need = []
+            for j in range(n_views):
+                key = keys[k][j]
+                if key in found:
+                    continue
+                vector = cache.get(namespace, key, dim)
+                if vector is None:
+                    found[key] = None  # scheduled
+                    need.append(j)
+                else:
+                    found[key] = vector
+            if need:
+                todo.setdefault(tuple(need), []).append(k)
+        if cache.corrupt > corrupt_before:
+            warnings.warn(
+                f"{cache.corrupt - corrupt_before} corrupt or truncated cache entries under {cache.directory} "
+                "were ignored and are being recomputed",
+                CacheCorruptionWarning,
+                stacklevel=4,
+            )
+
+        block = max(1024, 32 * self.batch_size)
+        write_failed = None
+        for need, positions in todo.items():
+            need_views = [views[j] for j in need]
+            for start in range(0, len(positions), block):
+                part = positions[start : start + block]
+                feats = self._embed_views(sources, indices[part], need_views, verbose)
+                feats = feats.reshape(len(part), len(need), dim)
+                for row, k in enumerate(part):
+                    for col, j in enumerate(need):
+                        key = keys[k][j]
+                        found[key] = feats[row, col]
+                        if write_failed is None:
+                            try:
+                                cache.put(namespace, key, feats[row, col])
+                            except OSError as exc:
+                                write_failed = exc
+        if write_failed is not None:
+            warnings.warn(
+                f"could not write to the embedding cache {cache.directory} ({write_failed}); "
+                "the embeddings were computed but not cached",
+                CacheWriteWarning,
+                stacklevel=4,
+            )
+        out = np.empty((n, n_views * dim), dtype=np.float32)
+        for k in range(n):
+            for j in range(n_views):
+                out[k, j * dim : (j + 1) * dim] = found[keys[k][j]]
         return out
 
     def get_feature_names_out(self, input_features=None):

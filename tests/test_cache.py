@@ -18,16 +18,15 @@ from sklearn.pipeline import make_pipeline
 from torch import nn
 
 from skdfl import BackboneEmbedder
-from skdfl.cache import (
+from skdfl.io import ImageReadError, ImageSource, as_sources
+from skdfl.storage import (
     CacheCorruptionWarning,
     EmbeddingCache,
     content_key,
     decode_entry,
-    embedding_namespace,
     encode_entry,
     namespace_id,
 )
-from skdfl.io import ImageReadError
 
 
 class CountingNet(nn.Module):
@@ -137,22 +136,22 @@ def test_entry_format_detects_damage():
 def test_namespace_covers_everything_that_changes_the_numbers():
     X = _images(2)
     base = _embedder().fit(X)
-    ns = namespace_id(embedding_namespace(base))
-    assert namespace_id(embedding_namespace(_embedder().fit(X))) == ns  # same seed, same weights
+    ns = namespace_id(base.embedding_signature())
+    assert namespace_id(_embedder().fit(X).embedding_signature()) == ns  # same seed, same weights
     variants = [
         _embedder(image_size=32),
         _embedder(resize="stretch"),
         _embedder(precision="bf16"),
         BackboneEmbedder(CountingNet(), image_size=24, precision="fp32", verbose=0),  # other weights
     ]
-    ids = {namespace_id(embedding_namespace(v.fit(X))) for v in variants}
+    ids = {namespace_id(v.fit(X).embedding_signature()) for v in variants}
     assert ns not in ids and len(ids) == len(variants)
     # "auto" keys on what it resolves to, not on the word.
     auto = _embedder(precision="auto").fit(X)
-    resolved = embedding_namespace(auto)["precision"]
+    resolved = auto.embedding_signature()["precision"]
     assert resolved in {"fp32", "bfloat16"}
-    assert embedding_namespace(_embedder(precision="fp32" if resolved == "fp32" else "bf16").fit(X)) == (
-        embedding_namespace(auto) | {"precision": resolved}
+    assert _embedder(precision="fp32" if resolved == "fp32" else "bf16").fit(X).embedding_signature() == (
+        auto.embedding_signature() | {"precision": resolved}
     )
 
 
@@ -176,6 +175,60 @@ def test_content_keys(tmp_path):
         content_key(tmp_path / "missing.png", file_key="content")
     with pytest.raises(TypeError, match="cache=None"):
         content_key(3.5)
+
+
+class FakeRegion:
+    """The smallest :class:`~skdfl.io.ImageSource`: pixels held in memory under a name; counts its reads."""
+
+    reads = 0
+
+    def __init__(self, name, pixels):
+        self.name, self.pixels = name, pixels
+
+    def read_rgb(self):
+        type(self).reads += 1
+        return self.pixels
+
+    def content_key(self):
+        return f"fake|{self.name}"
+
+    def __repr__(self):
+        return f"FakeRegion({self.name!r})"
+
+
+def test_image_source_cells_embed_like_arrays_and_are_cached(tmp_path):
+    imgs = _images(6)
+    regions = [FakeRegion(f"r{i}", img) for i, img in enumerate(imgs)]
+    assert isinstance(regions[0], ImageSource) and not isinstance(imgs[0], ImageSource)
+    plain = _embedder().fit(imgs).transform(imgs)
+    CountingNet.rows = FakeRegion.reads = 0
+    emb = _embedder(tmp_path).fit(regions)
+    first = emb.transform(regions)
+    np.testing.assert_allclose(first, plain, rtol=1e-5, atol=1e-6)
+    assert CountingNet.rows == 6 and FakeRegion.reads == 6
+    # A warm cache keys regions by content_key() alone: no pixel is read, no image embedded.
+    objects = np.empty(6, dtype=object)
+    objects[:] = regions
+    for X in (pd.Series(regions), objects, pd.DataFrame({"image": regions})):
+        np.testing.assert_array_equal(emb.transform(X), first)
+    assert CountingNet.rows == 6 and FakeRegion.reads == 6
+    assert content_key(regions[0]) == content_key(FakeRegion("r0", imgs[1]))  # the object vouches for its key
+    assert content_key(regions[0]) != content_key(imgs[0])
+    sources, _ = as_sources(pd.DataFrame({"x20": regions, "x5": list(imgs)}))
+    assert sources["x20"][2] is regions[2]
+
+
+def test_image_source_errors_name_the_cell():
+    good = FakeRegion("ok", _images(1)[0])
+    emb = _embedder().fit([good])
+    with pytest.raises(ImageReadError, match=r"sample 1.*FakeRegion\('gray'\).*shape \(24, 24\)"):
+        emb.transform([good, FakeRegion("gray", _images(1)[0][..., 0])])
+    with pytest.raises(ImageReadError, match=r"FakeRegion\('list'\).*returned list"):
+        emb.transform([FakeRegion("list", [[0]])])
+    with pytest.raises(TypeError, match=r"FakeRegion\('nokey'\).*non-empty str"):
+        content_key(type("NoKey", (FakeRegion,), {"content_key": lambda self: None})("nokey", None))
+    with pytest.raises(ValueError, match="single ImageSource"):
+        emb.transform(good)
 
 
 def test_cache_parameter_is_cloned_and_validated(tmp_path):
@@ -226,6 +279,6 @@ def test_two_processes_fill_one_cache_concurrently(tmp_path):
     assert not list(tmp_path.rglob(".tmp-*"))  # no temporary file left behind
     CountingNet.rows = 0
     cache = EmbeddingCache(tmp_path)
-    out = cache.embed(emb, {"image": list(X)}, np.arange(400))
+    out = emb.set_params(cache=cache).embed_rows({"image": list(X)}, np.arange(400))
     assert cache.hits == 400 and CountingNet.rows == 0
     np.testing.assert_allclose(out, _embedder(image_size=32).fit(X[:1]).transform(X), rtol=1e-5, atol=1e-6)

@@ -80,6 +80,13 @@ def _expected_failed_checks(estimator):
         return {
             name: f"{_IMAGES_ONLY}; tested on images in {where}" for name, where in _EMBEDDER_TABULAR_CHECKS.items()
         }
+    if isinstance(estimator, FocalHeadClassifier):
+        return {
+            "check_sample_weight_equivalence_on_dense_data": (
+                "float32 training: weighted and repeated fits agree to ~2e-7, above the check's rtol=1e-7; "
+                "tested at atol=1e-6 in test_heads_fit_api.py::test_integer_sample_weight_equals_repeating_samples"
+            )
+        }
     return {}
 
 

@@ -248,3 +248,69 @@ def test_clones_share_one_frozen_backbone_and_random_state_changes_it(images):
     assert other.module_ is not a.module_
     assert not np.allclose(other.transform(images), a.transform(images))
     assert b.get_params() == a.get_params() and b.embedding_dim_ == a.embedding_dim_
+
+
+# ----------------------------------------------------------- extraction protocol
+class Rows:
+    """A lazy sequence that records which rows were read."""
+
+    def __init__(self, images):
+        self.images, self.read = images, []
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        self.read.append(int(i))
+        return self.images[i]
+
+
+def test_embed_rows_embeds_exactly_the_requested_rows_in_order(frame, capsys):
+    emb = make_embedder(colors=["rgb", "gray"], verbose=1).fit(frame)
+    full = emb.transform(frame)
+    capsys.readouterr()
+    x20 = Rows(np.stack(frame["x20"]))
+    sources = {"x20": x20, "x5": frame["x5"].tolist(), "unused": [None] * 6}
+    rows = emb.embed_rows(sources, [4, 1, 4], verbose=0)
+    assert rows.shape == (3, full.shape[1]) and rows.dtype == np.float32
+    np.testing.assert_allclose(rows, full[[4, 1, 4]], rtol=1e-5, atol=1e-5)
+    assert sorted(x20.read) == [1, 4, 4]  # only those rows were read, each file once per request
+    assert capsys.readouterr().err == ""  # verbose=0 overrides the parameter for this call
+    np.testing.assert_allclose(emb.embed_rows(sources), full, rtol=1e-5, atol=1e-5)
+    assert emb.embed_rows(sources, []).shape == (0, full.shape[1])
+    with pytest.raises(ValueError, match=r"lacks the source columns \['x5'\]"):
+        emb.embed_rows({"x20": x20}, [0])
+    with pytest.raises(ValueError, match="1-D array of row numbers"):
+        emb.embed_rows(sources, [[0, 1]])
+    with pytest.raises(TypeError, match="map source names"):
+        emb.check_sources(["x20", "x5"])
+
+
+def test_view_dataset_is_what_embed_rows_feeds_the_backbone(frame):
+    emb = make_embedder(views=["x5"], colors=["rgb", "gray"]).fit(frame)
+    sources = {"x5": frame["x5"].tolist()}
+    ds = emb.view_dataset(sources, [2, 0])
+    item = ds[0]
+    assert len(ds) == 2 and item.dtype == torch.uint8 and tuple(item.shape) == (2, SIZE, SIZE, 3)
+    np.testing.assert_array_equal(item[0].numpy(), frame["x5"].iloc[2])  # same size: no resize
+    np.testing.assert_array_equal(item[1].numpy(), to_gray(frame["x5"].iloc[2]))
+    # Normalised as documented, the items give embed_rows' output.
+    mean = torch.tensor(emb.data_config_["mean"]).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(emb.data_config_["std"]).view(1, 3, 1, 1) * 255.0
+    x = (torch.stack([ds[0], ds[1]]).flatten(0, 1).permute(0, 3, 1, 2).float() - mean) / std
+    with torch.inference_mode():
+        manual = emb.module_.cpu()(x).reshape(2, -1).numpy()
+    np.testing.assert_allclose(manual, emb.embed_rows(sources, [2, 0]), rtol=1e-4, atol=1e-4)
+
+
+def test_embedding_signature_is_json_and_names_what_changes_the_numbers(images):
+    import json
+
+    emb = make_embedder().fit(images)
+    signature = emb.embedding_signature()
+    assert json.loads(json.dumps(signature)) == signature
+    assert signature["backbone"] == "resnet18" and signature["input_size"] == [SIZE, SIZE]
+    assert signature["precision"] == "fp32" and signature["embedding_dim"] == 512
+    assert len(signature["weights"]) == 64
+    other = make_embedder(random_state=1).fit(images).embedding_signature()
+    assert {k for k in signature if signature[k] != other[k]} == {"weights"}

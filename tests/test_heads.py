@@ -1,4 +1,9 @@
-"""Behaviour tests for :mod:`skdfl.heads`: focal loss, feature noise, the MLP head and its estimator."""
+"""Behaviour tests for :mod:`skdfl.heads`: focal loss, feature noise, the MLP head and its estimator.
+
+Training budget and convergence: ``test_heads_budget.py``; sample weights, groups, ``decision_function`` and
+``partial_fit``: ``test_heads_fit_api.py``; feature-space perturbations and augmentation banks:
+``test_heads_augment.py``.
+"""
 
 from __future__ import annotations
 
@@ -21,15 +26,16 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils._param_validation import InvalidParameterError
 from skorch.callbacks import Callback
 
-from skdfl import heads
-from skdfl.heads import FocalHeadClassifier, FocalLoss, GaussianNoise, MLPHead
+from skdfl.heads import FeatureDropout, FocalHeadClassifier, FocalLoss, GaussianNoise, MLPHead
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-# Small and fast: a tiny head with a large learning rate converges in a few epochs on these problems.
-FAST = dict(hidden_units=(16,), lr=0.02, max_epochs=15, batch_size=32, random_state=0)
-
-
+# Small and fast: a tiny head with a large learning rate converges in a few epochs on these problems; one
+# pass per epoch (min_steps_per_epoch=1) and no convergence stop (n_iter_no_change > max_epochs), so the
+# number of epochs and batches is known.
+FAST = dict(
+    hidden_units=(16,), lr=0.02, max_epochs=15, batch_size=32, min_steps_per_epoch=1, n_iter_no_change=100,
+    random_state=0,
+)
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")]
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +152,8 @@ def test_mlp_head_architecture(hidden_units, dropout, expected_linear, n_dropout
     linears = [m for m in head.modules() if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == expected_linear
     assert sum(isinstance(m, torch.nn.Dropout) for m in head.modules()) == n_dropout
-    assert isinstance(next(iter(head.children())), GaussianNoise)
+    first, second = list(head.children())[:2]
+    assert isinstance(first, FeatureDropout) and isinstance(second, GaussianNoise)
     assert head(torch.zeros(2, 6)).shape == (2, 3)
 
 
@@ -196,9 +203,11 @@ def test_fitted_attributes(blobs):
     assert clf.n_features_in_ == 5
     assert not hasattr(clf, "feature_names_in_")
     assert clf.n_iter_ == len(clf.history_) == FAST["max_epochs"]
+    assert_allclose(clf.feature_mean_, X.mean(axis=0), atol=1e-5)
+    assert_allclose(clf.feature_std_, X.std(axis=0), rtol=1e-5)
     assert isinstance(clf.net_.module_, MLPHead)
     assert isinstance(clf.net_.criterion_, FocalLoss)
-    assert clf.net_.criterion_.gamma == 2.0
+    assert clf.net_.criterion_.gamma == 2.0 and clf.net_.criterion_.reduction == "none"
     assert isinstance(clf.net_.optimizer_, torch.optim.Adam)
     assert torch.device(clf.net_.device) == torch.device("cpu")
     assert next(clf.net_.module_.parameters()).device.type == "cpu"
@@ -244,7 +253,7 @@ class _BatchProbe(Callback):
 
     def on_batch_begin(self, net, batch=None, training=None, **kwargs):
         if training:
-            self.batches.append(batch[1].numpy().copy())
+            self.batches.append(batch[1]["target"].numpy().copy())
 
 
 def test_training_batches_are_shuffled_each_epoch(blobs):
@@ -281,7 +290,14 @@ def test_input_containers_give_identical_results(blobs, kind):
         assert_array_equal(clf.feature_names_in_, Xk.columns)
 
 
-def test_memmap_input_is_not_copied(blobs, tmp_path, monkeypatch):
+class _DatasetProbe(Callback):
+    """Records the training and validation datasets the net iterates over."""
+
+    def on_epoch_begin(self, net, dataset_train=None, dataset_valid=None, **kwargs):
+        self.train, self.valid = dataset_train, dataset_valid
+
+
+def test_memmap_input_is_not_copied(blobs, tmp_path):
     X, y = blobs
     path = tmp_path / "emb.f32"
     mm = np.memmap(path, dtype=np.float32, mode="w+", shape=X.shape)
@@ -290,20 +306,14 @@ def test_memmap_input_is_not_copied(blobs, tmp_path, monkeypatch):
     del mm
     store = np.memmap(path, dtype=np.float32, mode="r", shape=X.shape)
 
-    seen = []
-
-    class RecordingDataset(heads._ArrayDataset):
-        def __init__(self, X, y=None):
-            super().__init__(X, y)
-            seen.append(self.X)
-
-    monkeypatch.setattr(heads, "_ArrayDataset", RecordingDataset)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        clf = FocalHeadClassifier(**FAST).fit(store, y)
+        clf = FocalHeadClassifier(**FAST, callbacks=[("probe", _DatasetProbe())]).fit(store, y)
         proba = clf.predict_proba(store)
     assert not [w for w in caught if "writable" in str(w.message)]
-    assert seen and all(np.shares_memory(arr, store) for arr in seen)
+    # The tensor the batches are cut from is the memory-mapped file itself.
+    train = dict(clf.net_.callbacks_)["probe"].train
+    assert np.shares_memory(train.data.numpy(), store)
     ref = FocalHeadClassifier(**FAST).fit(X.astype(np.float32), y).predict_proba(X.astype(np.float32))
     assert_array_equal(proba, ref)
 
@@ -333,16 +343,22 @@ def test_clone_and_set_params(blobs):
 
 
 def test_grid_search_over_noise_and_hidden_units():
-    # XOR: no linear head can solve it, a hidden layer can, so the search must pick hidden_units=(16,).
+    # XOR: no linear head can solve it, a hidden layer can; noise of 3 feature standard deviations drowns the
+    # signal. So the search must pick hidden_units=(16,) and noise_std=0, and the noisy head must score worse.
     rng = np.random.RandomState(0)
     X = rng.uniform(-1, 1, size=(240, 2))
     y = np.where(X[:, 0] * X[:, 1] > 0, "same", "diff")
-    grid = {"noise_std": [0.0, 0.05], "hidden_units": [(), (16,)]}
+    grid = {"noise_std": [0.0, 3.0], "hidden_units": [(), (16,)]}
     est = FocalHeadClassifier(lr=0.03, max_epochs=30, batch_size=32, random_state=0)
     search = GridSearchCV(est, grid, cv=2).fit(X, y)
-    assert search.best_params_["hidden_units"] == (16,)
-    assert search.best_params_["noise_std"] in grid["noise_std"]
-    assert search.best_score_ > 0.85
+    assert search.best_params_ == {"hidden_units": (16,), "noise_std": 0.0}
+    scores = {
+        (params["hidden_units"], params["noise_std"]): score
+        for params, score in zip(search.cv_results_["params"], search.cv_results_["mean_test_score"])
+    }
+    assert scores[(16,), 0.0] > 0.85
+    assert scores[(16,), 3.0] < scores[(16,), 0.0] - 0.1
+    assert max(scores[(), 0.0], scores[(), 3.0]) < 0.7  # a linear head cannot do XOR
     best = search.best_estimator_
     assert best.hidden_units == (16,) and hasattr(best, "net_")
     assert search.score(X, y) > 0.85
@@ -368,11 +384,11 @@ def test_reproducible_with_random_state(blobs):
 def test_early_stopping_stops_before_max_epochs():
     X, y = make_blobs(n_samples=300, centers=3, n_features=5, cluster_std=3.0, random_state=0)
     X = StandardScaler().fit_transform(X)
-    clf = FocalHeadClassifier(**{**FAST, "max_epochs": 200}, early_stopping=True, patience=3).fit(X, y)
+    clf = FocalHeadClassifier(**{**FAST, "max_epochs": 200, "n_iter_no_change": 3}, early_stopping=True).fit(X, y)
     assert clf.n_iter_ < 200
     assert "valid_loss" in clf.history_[-1] and "valid_acc" in clf.history_[-1]
     stopper = dict(clf.net_.callbacks_)["early_stopping"]
-    assert clf.n_iter_ == stopper.best_epoch_ + 3  # stopped right after `patience` epochs without improvement
+    assert clf.n_iter_ == stopper.best_epoch_ + 3  # stopped right after n_iter_no_change epochs without improvement
     # load_best: the fitted module holds the weights of the best epoch, not of the last one.
     for name, weights in clf.net_.module_.state_dict().items():
         assert torch.equal(weights, stopper.best_model_weights_[name])
@@ -418,7 +434,7 @@ def test_imblearn_pipeline_with_pandas_output(blobs):
 
 def test_verbosity(blobs, capsys):
     X, y = blobs
-    FocalHeadClassifier(**{**FAST, "max_epochs": 2}, early_stopping=True, patience=1).fit(X, y)
+    FocalHeadClassifier(**{**FAST, "max_epochs": 2, "n_iter_no_change": 1}, early_stopping=True).fit(X, y)
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == ""
     FocalHeadClassifier(**{**FAST, "max_epochs": 2}, verbose=1).fit(X, y)

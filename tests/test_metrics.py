@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import (
@@ -19,11 +20,14 @@ from sklearn.metrics import (
 )
 
 from skdfl.metrics import (
+    METRIC_DISPLAY_NAMES,
     SELECTION_METRICS,
     binary_report,
+    metric_display_name,
     multiclass_report,
     patient_level_scores,
     selection_scoring,
+    table_metrics,
 )
 
 # Ten samples, positive class 1: 3 TP, 1 FN (score 0.40), 2 FP (0.55, 0.90), 4 TN.
@@ -48,12 +52,13 @@ PROBA_MC = np.array(
 )
 
 
-def test_selection_scoring_matches_sklearn_functions():
+@pytest.mark.parametrize("n_classes", [2, 4])
+def test_selection_scoring_matches_sklearn_functions(n_classes):
     scoring = selection_scoring()
     assert tuple(scoring) == SELECTION_METRICS
     rng = np.random.RandomState(0)
-    X = rng.normal(size=(60, 4))
-    y = (X[:, 0] + 0.8 * rng.normal(size=60) > 0).astype(int)
+    y = np.arange(80) % n_classes
+    X = rng.normal(size=(80, 4)) + 0.7 * y[:, None]  # ordered, overlapping classes
     clf = LogisticRegression().fit(X, y)
     y_pred = clf.predict(X)
     expected = {
@@ -64,7 +69,12 @@ def test_selection_scoring_matches_sklearn_functions():
     }
     for name, scorer in scoring.items():
         scorer = get_scorer(scorer) if isinstance(scorer, str) else scorer
-        assert scorer(clf, X, y) == pytest.approx(expected[name])
+        assert scorer(clf, X, y) == pytest.approx(expected[name], abs=1e-12)
+    if n_classes > 2:  # weighted kappas differ from Cohen's (unweighted) kappa only with > 2 classes
+        assert abs(cohen_kappa_score(y, y_pred, weights="quadratic") - expected["cohen_kappa"]) > 0.02
+        assert abs(cohen_kappa_score(y, y_pred, weights="linear") - expected["cohen_kappa"]) > 0.02
+        assert abs(balanced_accuracy_score(y, y_pred, adjusted=True) - expected["balanced_accuracy"]) > 0.02
+        assert abs(f1_score(y, y_pred, average="micro") - expected["f1_weighted"]) > 1e-3
     assert selection_scoring() is not scoring  # a fresh dict: callers may extend it
 
 
@@ -170,3 +180,21 @@ def test_patient_level_errors():
         patient_level_scores([0, 1], [0, 1], ["a", "b"], how="median")
     with pytest.raises(ValueError, match="inconsistent numbers of samples"):
         patient_level_scores([0, 1], [0, 1, 1], ["a", "b"])
+
+
+def test_table_metrics_are_the_mean_std_pairs_in_display_order():
+    table = pd.DataFrame(
+        columns=["backbone", "score_mean", "score_std", "f1_macro_mean", "f1_macro_std", "cohen_kappa_mean",
+                 "cohen_kappa_std", "balanced_accuracy_mean", "images_per_s", "fit_time_mean"]
+    )  # fmt: skip
+    # Selection metrics first in SELECTION_METRICS order, then others in column order; a _mean without
+    # its _std (balanced_accuracy, fit_time) is no metric column.
+    assert table_metrics(table) == ["cohen_kappa", "f1_macro", "score"]
+    assert table_metrics(pd.DataFrame(columns=["fraction", "n_train"])) == []
+
+
+def test_every_selection_metric_has_a_display_name():
+    assert set(METRIC_DISPLAY_NAMES) == set(SELECTION_METRICS)
+    assert metric_display_name("cohen_kappa") == "Cohen's kappa"
+    assert metric_display_name("roc_auc") == "roc_auc"
+

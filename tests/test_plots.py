@@ -1,8 +1,8 @@
-"""skdfl.plots figures and the ``skdfl select`` command that writes them."""
+"""skdfl.plots figures (the ``skdfl select`` command that writes them: tests/test_cli_select.py)."""
 
 from __future__ import annotations
 
-import argparse
+import importlib.util
 
 import numpy as np
 import pandas as pd
@@ -13,8 +13,6 @@ from matplotlib.figure import Figure
 from PIL import Image
 from sklearn.metrics import confusion_matrix
 
-from skdfl._cli_select import add_select_parser
-from skdfl.datasets import data_dir
 from skdfl.plots import (
     plot_confusion_matrix,
     plot_embedding_projection,
@@ -56,6 +54,10 @@ def test_plot_selection_has_one_bar_per_backbone_and_metric(tmp_path):
     heights = [bar.get_height() for bar in containers[0]]
     np.testing.assert_allclose(heights, table["balanced_accuracy_mean"])
     assert [t.get_text().split("\n")[0] for t in ax.get_xticklabels()] == ["net0", "net1", "net2"]
+    # Random-init rows are reference rows, labelled as such (issue 11, item 5).
+    assert [t.get_text().split("\n")[1] for t in ax.get_xticklabels()] == [
+        "(pretrained)", "(random init)", "(random init)"
+    ]
 
     fig = plot_selection(table)
     bars = [c for c in fig.axes[0].containers if isinstance(c, BarContainer)]
@@ -75,12 +77,43 @@ def test_plot_embedding_projection_one_artist_per_class(tmp_path):
     assert sum(len(s.get_offsets()) for s in scatters) == 60
     assert "PCA" in fig.axes[0].get_title()
     _assert_png(save_figure(fig, tmp_path / "projection.png"))
-    # Without umap-learn, "auto" is t-SNE at this size.
+    # "auto" is UMAP when umap-learn is installed, else t-SNE at this size.
     fig = plot_embedding_projection(Z, y, method="auto", max_points=30)
     scatters = [c for c in fig.axes[0].collections if isinstance(c, PathCollection)]
     assert sum(len(s.get_offsets()) for s in scatters) == 30
+    expected = "UMAP" if importlib.util.find_spec("umap") is not None else "t-SNE"
+    assert expected in fig.axes[0].get_title()
     with pytest.raises(ValueError, match="method must be"):
         plot_embedding_projection(Z, y, method="lda")
+
+
+def test_plot_embedding_umap_separates_a_distinct_class():
+    pytest.importorskip("umap", reason="umap-learn is an optional extra (pip install skdfl[umap])")
+    rng = np.random.RandomState(0)
+    y = np.repeat(["ADI", "LYM", "TUM"], 20)
+    Z = rng.normal(size=(60, 12)) + 8 * (y[:, None] == "LYM")
+    fig = plot_embedding_projection(Z, y, method="umap", random_state=0)
+    ax = fig.axes[0]
+    assert "UMAP" in ax.get_title() and ax.get_xlabel() == "UMAP 1"
+    scatters = {c.get_label().split(" ")[0]: c.get_offsets() for c in ax.collections}
+    lym, rest = scatters["LYM"], np.concatenate([scatters["ADI"], scatters["TUM"]])
+    # Far apart in 12-D, so UMAP puts LYM in its own cluster: every LYM point is nearer LYM's centre than
+    # any other point is.
+    centre = lym.mean(axis=0)
+    assert np.linalg.norm(lym - centre, axis=1).max() < np.linalg.norm(rest - centre, axis=1).min()
+
+
+def test_plot_confusion_matrix_colour_bar_has_integer_ticks_for_counts():
+    y_true = np.array(["a"] * 2 + ["b"] * 1 + ["c"] * 1)
+    y_pred = np.array(["a", "a", "b", "c"])
+    fig = plot_confusion_matrix(y_true, y_pred)  # counts 0..2: matplotlib's default ticks are 0.25 apart
+    colour_bar = fig.axes[0].images[0].colorbar
+    fig.canvas.draw()
+    ticks = [t for t in colour_bar.get_ticks() if 0 <= t <= 2]
+    assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), ticks
+    fig = plot_confusion_matrix(y_true, y_pred, normalize="true")  # proportions keep fractional ticks
+    ticks = fig.axes[0].images[0].colorbar.get_ticks()
+    assert not all(float(t).is_integer() for t in ticks)
 
 
 def test_plot_confusion_matrix_shows_sklearn_counts(tmp_path):
@@ -104,134 +137,28 @@ def test_plot_label_efficiency_line_is_the_mean(tmp_path):
     )
     fig = plot_label_efficiency(curve)
     (line,) = fig.axes[0].get_lines()
-    np.testing.assert_allclose(line.get_xdata(), curve["fraction"])
+    # x is the actual number of labelled samples (issue 11, item 6), not the requested fraction.
+    np.testing.assert_allclose(line.get_xdata(), curve["n_train"])
+    assert fig.axes[0].get_xlabel() == "labelled training samples"
     np.testing.assert_allclose(line.get_ydata(), curve["balanced_accuracy_mean"])
     _assert_png(save_figure(fig, tmp_path / "le.png"))
     with pytest.raises(ValueError, match="metric 'f1_macro'"):
         plot_label_efficiency(curve, metric="f1_macro")
 
 
-# ----------------------------------------------------------------------------------------- CLI
-def _run_cli(argv):
-    parser = argparse.ArgumentParser(prog="skdfl")
-    add_select_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["select", *argv])
-    return args.func(args)
-
-
-def _write_csv_dataset(root, n=24):
-    rng = np.random.RandomState(0)
-    rows = []
-    for i in range(n):
-        label = ["benign", "malignant"][i % 2]
-        img = rng.randint(0, 256, size=(24, 24, 3)).astype(np.uint8)
-        img[..., 2] = 40 if label == "benign" else 200
-        path = root / "images" / f"{i}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img).save(path)
-        # 12 patients, each with one label (a patient-level label exists).
-        rows.append({"path": f"images/{i}.png", "label": label, "patient": f"p{i % 12}"})
-    pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
-    return root / "labels.csv"
-
-
-def test_cli_select_writes_table_and_plots(tmp_path, capsys):
-    csv = _write_csv_dataset(tmp_path / "data")
-    out = tmp_path / "report"
-    code = _run_cli(
-        [
-            "--data",
-            str(csv),
-            "--backbones",
-            "resnet18,mobilenetv3_small_050",
-            "--random-init",
-            "--image-size",
-            "32",
-            "--cv",
-            "3",
-            "--epochs",
-            "3",
-            "--repeats",
-            "1",
-            "--fractions",
-            "0.5,1.0",
-            "--out",
-            str(out),
-            "--quiet",
-        ]
+def test_plot_label_efficiency_draws_one_point_per_n_train():
+    # Three fractions that clamped to the same 8 samples (the CRC case of issue 11): one point, a warning.
+    curve = pd.DataFrame(
+        {
+            "fraction": [0.05, 0.1, 0.2, 1.0],
+            "n_train": [8, 8, 8, 40],
+            "n_runs": [3] * 4,
+            "balanced_accuracy_mean": [0.5, 0.52, 0.49, 0.9],
+            "balanced_accuracy_std": [0.1] * 4,
+        }
     )
-    assert code == 0
-    table = pd.read_csv(out / "selection.csv")
-    assert sorted(table["backbone"]) == ["mobilenetv3_small_050", "resnet18"]
-    assert table["weights"].eq("random-init").all()
-    best = table["backbone"].iloc[0]
-    for name in (
-        "selection.png",
-        f"projection_{best}.png",
-        f"confusion_{best}.png",
-        f"label_efficiency_{best}.png",
-    ):
-        _assert_png(out / name)
-    md = (out / "selection.md").read_text()
-    assert md.count("| resnet18 |") == 1 and "Command: `skdfl select --data" in md
-    assert "patient-grouped" in md  # 'patient' column picked up by --group-col auto
-    report = (out / f"task_report_{best}.md").read_text()
-    assert "Positive class" in report and "pr_auc" in report and "Patient level (12 patients" in report
-    assert "best:" in capsys.readouterr().out
-
-
-def test_cli_select_errors(tmp_path):
-    csv = _write_csv_dataset(tmp_path / "data", n=8)
-    with pytest.raises(ValueError, match="--random-init names"):
-        _run_cli(
-            [
-                "--data",
-                str(csv),
-                "--backbones",
-                "resnet18",
-                "--random-init",
-                "vit_small_patch16_224",
-                "--out",
-                str(tmp_path / "r"),
-            ]
-        )
-    with pytest.raises(FileNotFoundError):
-        _run_cli(
-            ["--data", str(tmp_path / "missing.csv"), "--backbones", "resnet18", "--out", str(tmp_path / "r")]
-        )
-    with pytest.raises(ValueError, match="single class folder"):
-        _run_cli(["--data", str(tmp_path / "data"), "--backbones", "resnet18", "--out", str(tmp_path / "r")])
-
-
-@pytest.mark.data
-def test_cli_select_on_real_crc_tiles(tmp_path):
-    csv = data_dir() / "crc_val_he_7k_mini" / "labels.csv"
-    if not csv.is_file():
-        pytest.skip(f"real data not found: {csv} (set SKDFL_DATA_DIR or put shared/data beside the repo)")
-    out = tmp_path / "report"
-    code = _run_cli(
-        [
-            "--data",
-            str(csv),
-            "--backbones",
-            "resnet18,mobilenetv3_small_050",
-            "--random-init",
-            "--image-size",
-            "64",
-            "--cv",
-            "2",
-            "--epochs",
-            "10",
-            "--repeats",
-            "1",
-            "--out",
-            str(out),
-            "--quiet",
-        ]
-    )
-    assert code == 0
-    table = pd.read_csv(out / "selection.csv")
-    assert len(table) == 2 and (table["embedding_dim"] > 0).all()
-    best = table["backbone"].iloc[0]
-    _assert_png(out / f"confusion_{best}.png")
-    assert "| class |" in (out / f"task_report_{best}.md").read_text()  # 8-class per-class report
+    with pytest.warns(UserWarning, match="only 2 distinct n_train"):
+        fig = plot_label_efficiency(curve)
+    (line,) = fig.axes[0].get_lines()
+    np.testing.assert_allclose(line.get_xdata(), [8, 40])
+    np.testing.assert_allclose(line.get_ydata(), [0.5, 0.9])

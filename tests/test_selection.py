@@ -1,4 +1,4 @@
-"""skdfl.selection: folds, extract-once, the tidy table, the GridSearchCV route and label efficiency."""
+"""skdfl.model_selection: folds, extract-once, the tidy table, the GridSearchCV route and label efficiency."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import balanced_accuracy_score, cohen_kappa_score, f1_score
 from sklearn.model_selection import GroupKFold, StratifiedKFold
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from torch import nn
 
 from skdfl import BackboneEmbedder
-from skdfl.selection import (
+from skdfl.model_selection import (
     compare_backbones,
     default_head,
     format_selection_table,
@@ -22,6 +23,7 @@ from skdfl.selection import (
     make_selection_search,
     make_splits,
     search_table,
+    selection_summary,
     set_head_params,
 )
 
@@ -148,7 +150,9 @@ def test_table_is_tidy_one_row_per_backbone_best_first():
     assert emb["net8"].shape == (36, 8) and emb["net16"].shape == (36, 16)
     assert table.attrs["n_samples"] == 36 and table.attrs["grouped"] is False
     md = format_selection_table(table)
-    assert md.count("\n") == 4 and "±" in md and "| net" in md
+    table_lines = [line for line in md.splitlines() if line.startswith("|")]
+    assert len(table_lines) == 4 and "±" in md and "| net" in md
+    assert f"Selected: {table['backbone'].iloc[0]}" in md
 
 
 @pytest.mark.filterwarnings("ignore:The groups parameter is ignored")
@@ -228,6 +232,81 @@ def test_grid_search_route_gives_the_same_scores():
     assert search.best_params_["backboneembedder__backbone"] == table["backbone"].iloc[0]
 
 
+def test_compare_backbones_metrics_equal_sklearn_on_a_multiclass_task():
+    """Issue 11, item 24: on 4 classes, unweighted kappa differs from quadratic/linear-weighted kappa."""
+    rng = np.random.RandomState(0)
+    y = np.repeat([0, 1, 2, 3], 15)
+    Z = rng.normal(size=(60, 3)) + 0.8 * y[:, None]  # overlapping classes: confusions between neighbours
+    splits = make_splits(3, y, random_state=0)
+    table = compare_backbones(
+        Z, y, {"identity": FunctionTransformer()}, head=LogisticRegression(max_iter=500), cv=splits, verbose=0
+    )
+    per_fold = {"balanced_accuracy": [], "cohen_kappa": [], "f1_weighted": [], "quadratic_kappa": []}
+    for train, test in splits:
+        pred = LogisticRegression(max_iter=500).fit(Z[train], y[train]).predict(Z[test])
+        per_fold["balanced_accuracy"].append(balanced_accuracy_score(y[test], pred))
+        per_fold["cohen_kappa"].append(cohen_kappa_score(y[test], pred))
+        per_fold["f1_weighted"].append(f1_score(y[test], pred, average="weighted"))
+        per_fold["quadratic_kappa"].append(cohen_kappa_score(y[test], pred, weights="quadratic"))
+    for metric in ("balanced_accuracy", "cohen_kappa", "f1_weighted"):
+        assert table[f"{metric}_mean"].iloc[0] == pytest.approx(np.mean(per_fold[metric]), abs=1e-12)
+        assert table[f"{metric}_std"].iloc[0] == pytest.approx(np.std(per_fold[metric]), abs=1e-12)
+    # The check can tell the kappas apart on this task.
+    assert abs(np.mean(per_fold["quadratic_kappa"]) - np.mean(per_fold["cohen_kappa"])) > 0.05
+
+
+# ----------------------------------------------------------------------- reference rows and noise
+def _noise_features(X):
+    return np.random.RandomState(0).normal(size=(len(X), 4))
+
+
+def test_random_init_rows_are_references_never_selected():
+    """Issue 11, item 5: a random-init row that scores highest is labelled and not selected."""
+    X, y = _images(36)
+    backbones = {
+        "resnet18": BackboneEmbedder("resnet18", pretrained=False, image_size=16, precision="fp32", verbose=0),
+        "noise": FunctionTransformer(_noise_features),  # trained weights ("custom"), useless features
+    }
+    table = compare_backbones(X, y, backbones, head=_logreg(), cv=3, verbose=0)
+    assert table["backbone"].tolist() == ["resnet18", "noise"]  # ranked by score, reference included
+    assert table["weights"].tolist() == ["random-init", "custom"]
+    assert table["balanced_accuracy_mean"].iloc[0] > table["balanced_accuracy_mean"].iloc[1] + 0.2
+    assert table.attrs["best"] == "noise" and table.attrs["references_above"] == ["resnet18"]
+    md = format_selection_table(table)
+    assert "| resnet18 (random init) |" in md and "| noise |" in md
+    assert "Selected: noise" in md
+    assert "random-init reference resnet18 (random init)" in md and "scores above" in md
+
+
+def _summary_table(means, stds, weights):
+    table = pd.DataFrame(
+        {
+            "backbone": [f"b{i}" for i in range(len(means))],
+            "weights": weights,
+            "balanced_accuracy_mean": means,
+            "balanced_accuracy_std": stds,
+        }
+    )
+    table.attrs["sort_by"] = "balanced_accuracy"
+    return table
+
+
+def test_selection_summary_says_when_the_winner_is_within_noise():
+    # 0.80 vs 0.78 with fold stds 0.05: within noise; the random-init row (third) does not matter here.
+    close = selection_summary(_summary_table([0.80, 0.78, 0.5], [0.05, 0.03, 0.1],
+                                             ["pretrained", "pretrained", "random-init"]))  # fmt: skip
+    assert (close.best, close.runner_up, close.within_noise) == ("b0", "b1", True)
+    assert "within noise of b1" in close.notes[0] and "0.020" in close.notes[0]
+    clear = selection_summary(_summary_table([0.90, 0.78], [0.05, 0.03], ["pretrained", "pretrained"]))
+    assert (clear.best, clear.within_noise, clear.notes) == ("b0", False, [])
+    # The runner-up may be a reference: a pretrained winner within noise of random weights is worth saying.
+    ref = selection_summary(_summary_table([0.80, 0.79], [0.02, 0.02], ["pretrained", "random-init"]))
+    assert ref.within_noise and "b1 (random init)" in ref.notes[0]
+    # Only references: none selected; the report falls back to the first row, labelled as a reference.
+    only = selection_summary(_summary_table([0.7, 0.6], [0.0, 0.0], ["random-init", "random-init"]))
+    assert only.best is None and only.best_row == 0 and "no pretrained backbone" in only.notes[0]
+
+
 # ------------------------------------------------------------------------------ label efficiency
 def test_label_efficiency_curve_shape_nesting_and_reproducibility():
     rng = np.random.RandomState(0)
@@ -268,3 +347,18 @@ def test_label_efficiency_with_groups_and_cv():
         label_efficiency_curve(Z, y, _logreg(), fractions=(0.0, 1.0))
     with pytest.raises(ValueError, match="n_repeats"):
         label_efficiency_curve(Z, y, _logreg(), n_repeats=0)
+
+
+def test_label_efficiency_merges_fractions_that_clamp_to_the_same_samples():
+    """Issue 11, item 6: 5 % and 10 % of 8 training samples per class are both 1 per class: one point."""
+    rng = np.random.RandomState(0)
+    y = np.repeat(["a", "b"], 12)
+    Z = rng.normal(size=(24, 3)) + (y == "a")[:, None]
+    with pytest.warns(UserWarning, match=r"fractions 0\.05, 0\.1 all give the same 2 labelled"):
+        curve, runs = label_efficiency_curve(
+            Z, y, _logreg(), fractions=(0.05, 0.1, 0.5, 1.0), n_repeats=2, test_size=1 / 3,
+            return_runs=True,
+        )  # fmt: skip
+    assert curve["fraction"].tolist() == [0.05, 0.5, 1.0]
+    assert curve["n_train"].tolist() == [2.0, 8.0, 16.0]  # distinct: one point per number of samples
+    assert len(runs) == 6 and runs["n_train"].nunique() == 3

@@ -1,8 +1,10 @@
-"""Streaming extraction to an on-disk store: lazy input, resume after kill -9, memmap read-back, CLI."""
+"""Streaming extraction to an on-disk store: lazy input, resume after kill -9, memmap read-back.
+
+The ``skdfl embed`` command is tested in tests/test_cli_embed.py.
+"""
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import pickle
@@ -20,12 +22,14 @@ from sklearn.utils.validation import check_array
 from torch import nn
 
 from skdfl import BackboneEmbedder
-from skdfl.store import (
+from skdfl.io import as_sources
+from skdfl.storage import (
+    EmbeddingCache,
     IncompleteStoreError,
     StoreArray,
+    StoreMismatchError,
     extract_to_store,
     iter_chunks,
-    lazy_sources,
     load_store,
 )
 
@@ -119,14 +123,15 @@ def test_lazy_sequence_and_float16(tmp_path):
 
 def test_lazy_sources_reads_nothing():
     X = SeededImages(10)
-    sources, index, n = lazy_sources(X)
+    sources, index = as_sources(X)
+    n = len(sources["image"])
     assert sources["image"] is X and index is None and n == 10 and X.reads == 0
     with pytest.raises(ValueError, match="single path"):
-        lazy_sources("a.png")
+        as_sources("a.png")
     with pytest.raises(ValueError, match="unsupported input type"):
-        lazy_sources(3)
+        as_sources(3)
     with pytest.raises(ValueError, match=r"\(n, H, W, 3\)"):
-        lazy_sources(np.zeros((4, 8, 8)))
+        as_sources(np.zeros((4, 8, 8)))
 
 
 def _extract_in_child(X, path, chunk_size):
@@ -208,6 +213,53 @@ def test_resume_refuses_a_different_extraction(tmp_path):
         extract_to_store(X, tmp_path / "t", _embedder(), dtype="int8")
 
 
+def test_mismatch_has_its_own_error_and_only_embedders_are_accepted(tmp_path):
+    X = SeededImages(12)
+    extract_to_store(X, tmp_path / "s", _embedder(), chunk_size=5, verbose=0)
+    with pytest.raises(StoreMismatchError, match="differs in: .*embedding"):
+        extract_to_store(X, tmp_path / "s", _embedder(image_size=32), chunk_size=5, verbose=0)
+    with pytest.raises(TypeError, match="embed_rows"):
+        extract_to_store(X, tmp_path / "t", LogisticRegression(), verbose=0)
+    assert not (tmp_path / "t").exists()  # refused before anything was created
+
+
+class Region:
+    """An :class:`~skdfl.io.ImageSource` over one image of a :class:`SeededImages`."""
+
+    def __init__(self, images, i):
+        self.images, self.i = images, i
+
+    def read_rgb(self):
+        return self.images[self.i]
+
+    def content_key(self):
+        return f"seeded|{self.images.seed}|{self.i}"
+
+
+def test_store_of_image_sources_equals_store_of_arrays(tmp_path):
+    X = SeededImages(14)
+    regions = pd.DataFrame({"image": [Region(X, i) for i in range(14)]})
+    from_regions = extract_to_store(regions, tmp_path / "r", _embedder(), chunk_size=6, verbose=0)
+    from_arrays = extract_to_store(X, tmp_path / "a", _embedder(), chunk_size=6, verbose=0)
+    np.testing.assert_allclose(np.asarray(from_regions.embeddings), np.asarray(from_arrays.embeddings), rtol=1e-6)
+
+
+def test_written_files_respect_the_umask(tmp_path):
+    # A group-shared umask (not the usual 022), set after skdfl was imported: the files must follow it.
+    previous = os.umask(0o027)
+    try:
+        store = extract_to_store(SeededImages(4), tmp_path / "s", _embedder(cache=EmbeddingCache(tmp_path / "c")),
+                                 chunk_size=2, verbose=0)
+        _embedder(cache=tmp_path / "c").fit(SeededImages(4)[0][None]).transform(np.stack([SeededImages(4)[0]]))
+    finally:
+        os.umask(previous)
+    expected = 0o640
+    files = [store.path / "store.json", *sorted((store.path / "chunks").glob("*.json")),
+             *sorted((tmp_path / "c").rglob("*.emb")), *sorted((tmp_path / "c").rglob("namespace.json"))]
+    assert len(files) == 5
+    assert {oct(f.stat().st_mode & 0o777) for f in files} == {oct(expected)}
+
+
 def test_store_array_pickles_by_reference(tmp_path):
     store = extract_to_store(SeededImages(40), tmp_path / "s", _embedder(), chunk_size=16, verbose=0)
     blob = pickle.dumps(store.embeddings, protocol=5)
@@ -234,36 +286,3 @@ def test_focal_head_fits_on_a_store(tmp_path):
     clf = heads.FocalHeadClassifier(hidden_units=(8,), max_epochs=2, batch_size=16, device="cpu", random_state=0)
     clf.fit(store.embeddings, y)
     assert clf.predict_proba(store.embeddings).shape == (64, 2)
-
-
-def test_cli_embed_folder_and_csv(tmp_path, capsys):
-    import argparse
-
-    from skdfl._cli_embed import add_embed_parser
-
-    parser = argparse.ArgumentParser(prog="skdfl")
-    add_embed_parser(parser.add_subparsers(dest="command"))
-    folder = tmp_path / "imgs" / "sub"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for i in range(7):
-        Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-    common = ["--backbone", "test_resnet", "--random-init", "--image-size", "32", "--precision", "fp32",
-              "--device", "cpu", "--chunk-size", "3", "--quiet"]  # fmt: skip
-    args = parser.parse_args(["embed", str(tmp_path / "imgs"), str(tmp_path / "out"), *common])
-    assert args.func(args) == 0
-    assert "7 x " in capsys.readouterr().out
-    store = load_store(tmp_path / "out")
-    assert store.meta["complete"] and len(store) == 7
-
-    pd.DataFrame({"path": [f"imgs/sub/{i}.png" for i in range(7)]}).to_csv(tmp_path / "list.csv", index=False)
-    args = parser.parse_args(["embed", str(tmp_path / "list.csv"), str(tmp_path / "out2"), *common])
-    assert args.func(args) == 0
-    np.testing.assert_array_equal(load_store(tmp_path / "out2").embeddings, store.embeddings)
-
-    args = parser.parse_args(["embed", str(tmp_path / "list.csv"), str(tmp_path / "out2"), *common, "--image-col", "x"])
-    assert args.func(args) == 2
-    assert "no column(s) ['x']" in capsys.readouterr().err
-    args = parser.parse_args(["embed", str(tmp_path / "list.csv"), str(tmp_path / "out2"), *common, "--no-resume"])
-    assert args.func(args) == 2
-    assert json.loads((tmp_path / "out2" / "store.json").read_text())["complete"]

@@ -1,4 +1,4 @@
-"""skdfl.tuning: the search space, the search estimator, pruning, and resuming a stored study."""
+"""skdfl.model_selection.HeadSearchCV: search space, search estimator, pruning, resuming a stored study."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from skdfl.heads import FocalHeadClassifier
-from skdfl.tuning import HIDDEN_UNITS_CHOICES, HeadSearchCV, head_search_space
+from skdfl.model_selection import HIDDEN_UNITS_CHOICES, HeadSearchCV, head_search_space
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -138,7 +138,7 @@ RESUME_SCRIPT = textwrap.dedent(
     import sys
     from sklearn.datasets import make_classification
     from sklearn.linear_model import LogisticRegression
-    from skdfl.tuning import HeadSearchCV
+    from skdfl.model_selection import HeadSearchCV
 
     def space(trial):
         return {"C": trial.suggest_float("C", 1e-4, 1e2, log=True)}

@@ -5,15 +5,33 @@ today's pathology foundation models; any timm name works too. Weights are resolv
 (``checkpoint_path``, ``$SKDFL_WEIGHTS_DIR``, the Hugging Face / timm cache, installed packages) and
 downloaded only when online; checkpoints are read as tensors only. :func:`load_backbone` is the single
 entry point used by :class:`skdfl.BackboneEmbedder`.
+
+Layout (registry code apart from its data, as in timm):
+
+- ``registry`` -- :class:`BackboneSpec` and register / get / list; holds no entries.
+- ``zoo/`` -- the entries, one file per family (``imagenet``, ``keras``) or histopathology provider
+  (``zoo/pathology/<provider>.py``), registered when this package is imported.
+- ``weights`` -- where weights are found, downloaded, and fingerprinted.
+- ``_checkpoint`` -- reading checkpoint files (tensors only); writing skdfl's own (:func:`save_weights`).
+- ``adapters``, ``keras`` -- published checkpoint layouts mapped onto timm modules.
+- ``_builder`` -- :func:`load_backbone`: build the architecture, load the weights, freeze.
 """
 
-from ._load import fetch_weights, load_backbone, resolve_weights
+from . import zoo  # noqa: F401  (registers the zoo's entries)
+from ._builder import load_backbone
+from ._checkpoint import (
+    UnsafeCheckpointError,
+    load_state_dict,
+    read_weights_config,
+    save_weights,
+    spec_from_weights,
+)
 from .adapters import CheckpointMismatchError, TokenPooling
 from .registry import BackboneSpec, get_spec, list_backbones, register_backbone
 from .weights import (
-    UnsafeCheckpointError,
     WeightsNotFoundError,
-    load_state_dict,
+    fetch_weights,
+    resolve_weights,
     weights_dir,
     weights_fingerprint,
 )
@@ -29,8 +47,11 @@ __all__ = [
     "list_backbones",
     "load_backbone",
     "load_state_dict",
+    "read_weights_config",
     "register_backbone",
     "resolve_weights",
+    "save_weights",
+    "spec_from_weights",
     "weights_dir",
     "weights_fingerprint",
 ]

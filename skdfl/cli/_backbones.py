@@ -1,8 +1,4 @@
-"""``skdfl backbones`` and ``skdfl fetch-weights``: the backbone zoo from the command line.
-
-``skdfl.cli`` registers them with :func:`add_backbones_parser` and :func:`add_fetch_weights_parser`;
-each sets ``func`` to a callable taking the parsed arguments and returning an exit code.
-"""
+"""``skdfl backbones`` and ``skdfl fetch-weights``: the backbone zoo of :mod:`skdfl.backbones`."""
 
 from __future__ import annotations
 
@@ -10,20 +6,74 @@ import argparse
 import os
 import sys
 
-__all__ = ["add_backbones_parser", "add_fetch_weights_parser", "backbones_command", "fetch_weights_command"]
+__all__ = [
+    "add_backbones_parser",
+    "add_fetch_weights_parser",
+    "run_backbones_command",
+    "run_fetch_weights_command",
+]
 
-_SHORT_COLUMNS = ["name", "architecture", "method", "pretraining_data", "medical", "embedding_dim", "pooling",
-                  "weights", "aliases"]  # fmt: skip
+#: Columns of the default ``skdfl backbones`` table, which fits :data:`TABLE_WIDTH` characters; the free-text
+#: ones are shortened (with "…") as much as needed, widest first.
+_SHORT_COLUMNS = ["name", "embedding_dim", "medical", "method", "pretraining_data", "local"]
+_SHORTENED = ("pretraining", "method")
+TABLE_WIDTH = 100
 
 
-def backbones_command(args: argparse.Namespace) -> int:
-    """Print the backbone table; returns 0."""
-    from .backbones import list_backbones, weights_dir
+def _local_weights(names) -> list[str]:
+    """Path of each backbone's weights when they are already on this machine, else ``""``."""
+    from ..backbones import get_spec
+    from ..backbones.weights import locate_weights
+
+    paths = []
+    for name in names:
+        try:
+            found = locate_weights(get_spec(name))
+        except Exception:  # a broken cache or package must not break the listing
+            found = None
+        paths.append("" if found is None else str(found))
+    return paths
+
+
+def _fit_width(table, width: int) -> str:
+    """``table.to_string()`` with the free-text columns shortened until every line fits ``width``."""
+    table = table.astype(str)
+    limits = {c: int(table[c].str.len().max()) for c in _SHORTENED if c in table}
+
+    def render():
+        shown = table.copy()
+        for c, limit in limits.items():
+            shown[c] = shown[c].map(lambda v, n=limit: v if len(v) <= n else v[: max(n - 1, 0)] + "…")
+        return shown.to_string(index=False)
+
+    text = render()
+    while max(map(len, text.splitlines())) > width and any(n > 6 for n in limits.values()):
+        widest = max(limits, key=limits.get)
+        limits[widest] -= 1
+        text = render()
+    return text
+
+
+def run_backbones_command(args: argparse.Namespace) -> int:
+    """Print the backbone table; returns 0.
+
+    The default table fits :data:`TABLE_WIDTH` columns and says which weights are on this machine
+    (``local``); ``--full`` (or any ``--format`` other than ``table``) gives every column, with ``local``
+    holding the path of the weights file found (empty when absent).
+    """
+    from ..backbones import list_backbones, weights_dir
 
     medical = {"medical": True, "natural": False}.get(args.only)
     table = list_backbones(medical=medical, full=args.full)
-    if not args.full and args.format == "table":
-        table = table[_SHORT_COLUMNS]
+    local = _local_weights(table["name"])
+    if args.format == "table" and not args.full:
+        table = table.assign(local=["yes" if path else "-" for path in local])[_SHORT_COLUMNS]
+        table = table.rename(columns={"embedding_dim": "dim", "pretraining_data": "pretraining"})
+        print(_fit_width(table, TABLE_WIDTH))
+        print("\nlocal: weights already on this machine (--full: every column)")
+        print(f"weights directory: {weights_dir()}  (SKDFL_WEIGHTS_DIR)")
+        return 0
+    table = table.assign(local=local)
     if args.format == "csv":
         table.to_csv(sys.stdout, index=False)
     elif args.format == "json":
@@ -59,12 +109,12 @@ class _wide_pandas:
         return self._ctx.__exit__(*exc)
 
 
-def fetch_weights_command(args: argparse.Namespace) -> int:
+def run_fetch_weights_command(args: argparse.Namespace) -> int:
     """Download each named backbone's weights into the weights directory and print their SHA-256.
 
     Returns 0 when every name was fetched (or already present), 1 otherwise.
     """
-    from .backbones import fetch_weights
+    from ..backbones import fetch_weights
 
     if args.dir:
         os.environ["SKDFL_WEIGHTS_DIR"] = str(args.dir)
@@ -91,10 +141,11 @@ def add_backbones_parser(subparsers) -> argparse.ArgumentParser:
         "--only", choices=("medical", "natural"), help="only medical or natural-image backbones"
     )
     parser.add_argument(
-        "--full", action="store_true", help="all columns: sources, timm kwargs, adapters, notes"
+        "--full", action="store_true",
+        help=f"all columns (sources, timm kwargs, adapters, notes) instead of a {TABLE_WIDTH}-column table",
     )
     parser.add_argument("--format", choices=("table", "csv", "markdown", "json"), default="table")
-    parser.set_defaults(func=backbones_command)
+    parser.set_defaults(func=run_backbones_command)
     return parser
 
 
@@ -111,5 +162,5 @@ def add_fetch_weights_parser(subparsers) -> argparse.ArgumentParser:
         "--dir", help="weights directory (default: $SKDFL_WEIGHTS_DIR or ~/.cache/skdfl/weights)"
     )
     parser.add_argument("--force", action="store_true", help="download again even if the file exists")
-    parser.set_defaults(func=fetch_weights_command)
+    parser.set_defaults(func=run_fetch_weights_command)
     return parser

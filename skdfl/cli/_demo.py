@@ -1,16 +1,14 @@
-"""``skdfl`` command line: thin commands over the Python API."""
+"""``skdfl demo``: the whole DFL workflow of :func:`skdfl.demo.run_demo` on the synthetic set or your data."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 
-from ._cli_backbones import add_backbones_parser, add_fetch_weights_parser
-from ._cli_embed import add_embed_parser
-from ._cli_select import add_select_parser
+__all__ = ["add_demo_parser", "run_demo_command"]
 
 
-def _add_demo_parser(subparsers) -> None:
+def add_demo_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``skdfl demo`` on an ``argparse`` subparsers object."""
     p = subparsers.add_parser(
         "demo",
         help="run the whole DFL workflow (extract once, cross-validate a head, report, save)",
@@ -35,18 +33,22 @@ def _add_demo_parser(subparsers) -> None:
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--noise-std", type=float, default=0.1)
     p.add_argument("--out", default="skdfl-demo-model.joblib", help="where to save the fitted pipeline")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out file")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=_run_demo)
+    p.set_defaults(func=run_demo_command)
+    return p
 
 
-def _run_demo(args) -> int:
-    from .datasets import load_data, make_tissue_patches
-    from .demo import default_demo_embedder, run_demo
-    from .embedder import BackboneEmbedder
-    from .heads import FocalHeadClassifier
+def run_demo_command(args: argparse.Namespace) -> int:
+    """Run ``skdfl demo``; returns 0. Errors propagate as exceptions."""
+    from ..datasets import load_data, make_tissue_patches
+    from ..demo import check_output_path, default_demo_embedder, run_demo
+    from ..embedder import BackboneEmbedder
+    from ..heads import FocalHeadClassifier
 
     groups = None
+    check_output_path(args.out, overwrite=args.force, hint="pass --force to replace it, or --out elsewhere")
     if args.data:
         group_col = None if args.group_col == "none" else args.group_col
         bunch = load_data(args.data, image_cols=args.image_col.split(","), label_col=args.label_col,
@@ -65,31 +67,5 @@ def _run_demo(args) -> int:
                                     checkpoint_path=args.checkpoint, **kwargs)
     head = FocalHeadClassifier(max_epochs=args.epochs, noise_std=args.noise_std, random_state=args.seed)
     run_demo(X, y, embedder=embedder, head=head, groups=groups, cv=args.cv, out=args.out,
-             random_state=args.seed)
+             overwrite=args.force, random_state=args.seed)
     return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="skdfl", description="Deep Feature Learning for histopathology, in scikit-learn."
-    )
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    _add_demo_parser(subparsers)
-    add_backbones_parser(subparsers)
-    add_fetch_weights_parser(subparsers)
-    add_select_parser(subparsers)
-    add_embed_parser(subparsers)
-    return parser
-
-
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        print(f"skdfl {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -31,7 +31,7 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _num_samples, check_is_fitted, indexable
 
-from .selection import default_head, make_splits, set_head_params
+from ._proxy import default_head, make_splits, set_head_params
 
 __all__ = ["DEFAULT_STUDY_NAME", "HIDDEN_UNITS_CHOICES", "HeadSearchCV", "head_search_space"]
 
@@ -74,7 +74,7 @@ def head_search_space(trial) -> dict:
     -------
     params : dict
         ``FocalHeadClassifier`` parameters (routed to the last step of a Pipeline head by
-        :func:`skdfl.selection.set_head_params`).
+        :func:`skdfl.model_selection.set_head_params`).
     """
     hidden = trial.suggest_categorical("hidden_units", list(HIDDEN_UNITS_CHOICES))
     hidden_units = HIDDEN_UNITS_CHOICES[hidden]
@@ -132,11 +132,11 @@ class HeadSearchCV(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
     Parameters
     ----------
     estimator : classifier, default=None
-        The head to tune; default :func:`skdfl.selection.default_head` (``StandardScaler`` +
+        The head to tune; default :func:`skdfl.model_selection.default_head` (``StandardScaler`` +
         ``FocalHeadClassifier``). Cloned for every fold.
     search_space : callable, default=None
         ``trial -> dict`` of parameters for ``estimator`` (short names reach the last step of a Pipeline,
-        see :func:`skdfl.selection.set_head_params`); default :func:`head_search_space`. It must draw
+        see :func:`skdfl.model_selection.set_head_params`); default :func:`head_search_space`. It must draw
         every value from ``trial.suggest_*`` so that a trial's parameters can be rebuilt from the study.
     n_trials : int or None, default=20
         Finished (complete or pruned) trials the **study** should hold. Re-fitting on a persistent study
@@ -145,8 +145,8 @@ class HeadSearchCV(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
     timeout : float, default=None
         Stop starting new trials after this many seconds of this ``fit``.
     cv : int, splitter or iterable of splits, default=5
-        See :func:`skdfl.selection.make_splits`; an int is stratified k-fold, grouped when ``fit`` gets
-        ``groups``.
+        See :func:`skdfl.model_selection.make_splits`; an int is stratified k-fold, grouped when ``fit``
+        gets ``groups``.
     scoring : str or callable, default="balanced_accuracy"
         A single scikit-learn scorer, maximised.
     storage : None, str, path or optuna storage, default=None
@@ -206,7 +206,7 @@ class HeadSearchCV(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
     Examples
     --------
     >>> from sklearn.datasets import make_classification
-    >>> from skdfl.tuning import HeadSearchCV
+    >>> from skdfl.model_selection import HeadSearchCV
     >>> Z, y = make_classification(200, n_features=16, random_state=0)
     >>> search = HeadSearchCV(n_trials=3, cv=3, storage=None).fit(Z, y)  # doctest: +SKIP
     >>> search.best_params_["hidden_units"]  # doctest: +SKIP

@@ -1,62 +1,15 @@
-"""``skdfl embed``: extract the embeddings of many images into an on-disk store, resumably.
+"""``skdfl embed``: :func:`skdfl.storage.extract_to_store` from the command line.
 
-``skdfl.cli`` registers it with :func:`add_embed_parser`; ``func`` takes the parsed arguments and returns
-an exit code. Re-running the same command after an interruption (even ``kill -9``) resumes it.
+Re-running the same command after an interruption (even ``kill -9``) resumes it.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
-from pathlib import Path
 
-__all__ = ["add_embed_parser", "embed_command", "read_image_list"]
-
-_TABLE_SUFFIXES = {".csv", ".parquet", ".txt"}
-
-
-def read_image_list(source: str | os.PathLike, image_cols: list[str] | None = None):
-    """Images to embed as a DataFrame, one column per source, without opening any image.
-
-    ``source`` is a folder (every image below it, recursively, sorted; source ``"image"``), a ``.csv`` or
-    ``.parquet`` table (``image_cols``, default ``["path"]``; relative paths are relative to the table's
-    folder) or a ``.txt`` file with one path per line.
-    """
-    import pandas as pd
-
-    from .datasets import IMAGE_SUFFIXES
-
-    source = Path(source)
-    if source.is_dir():
-        paths = sorted(str(p) for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        if not paths:
-            raise FileNotFoundError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under {source}")
-        return pd.DataFrame({"image": paths})
-    if not source.is_file():
-        raise FileNotFoundError(f"input not found: {source}")
-    suffix = source.suffix.lower()
-    if suffix not in _TABLE_SUFFIXES:
-        raise ValueError(f"input must be a folder, a .csv, .parquet or .txt file, got {source}")
-    if suffix == ".txt":
-        lines = [line.strip() for line in source.read_text().splitlines()]
-        table, cols = pd.DataFrame({"image": [line for line in lines if line]}), ["image"]
-    else:
-        table = pd.read_csv(source) if suffix == ".csv" else pd.read_parquet(source)
-        cols = image_cols or ["path"]
-        missing = [c for c in cols if c not in table.columns]
-        if missing:
-            raise ValueError(
-                f"{source}: no column(s) {missing} (columns: {list(table.columns)}); choose with --image-col"
-            )
-    if len(table) == 0:
-        raise ValueError(f"{source}: no images listed")
-    base = source.parent
-    return pd.DataFrame(
-        {c: [p if os.path.isabs(p) else str(base / p) for p in table[c].astype(str)] for c in cols},
-        index=table.index,
-    )
+__all__ = ["add_embed_parser", "run_embed_command"]
 
 
 def _csv(value: str | None) -> list[str] | None:
@@ -65,15 +18,15 @@ def _csv(value: str | None) -> list[str] | None:
 
 def add_embed_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``skdfl embed`` on an ``argparse`` sub-parser collection."""
-    from ._device import PRECISIONS
-    from .store import DTYPES
-    from .transforms import RESIZE_POLICIES
+    from .._device import PRECISIONS
+    from ..storage import DTYPES
+    from ..transforms import RESIZE_POLICIES
 
     p = subparsers.add_parser(
         "embed",
         help="extract embeddings of many images to an on-disk store (memory-bounded, resumable, Dask)",
         description="Embed every image of INPUT with a frozen backbone into the store folder OUT: an "
-        "embeddings.npy (read back memory-mapped with skdfl.store.load_store) plus per-chunk markers. "
+        "embeddings.npy (read back memory-mapped with skdfl.load_store) plus per-chunk markers. "
         "Images are read lazily; memory does not grow with the number of images. Re-run the same command "
         "to resume an interrupted extraction; finished chunks are kept.",
     )
@@ -103,17 +56,18 @@ def add_embed_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--write-on", choices=("workers", "client"), default="workers",
                    help="with --scheduler: workers write OUT (shared filesystem) or send rows back")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=embed_command)
+    p.set_defaults(func=run_embed_command)
     return p
 
 
-def embed_command(args: argparse.Namespace) -> int:
+def run_embed_command(args: argparse.Namespace) -> int:
     """Run ``skdfl embed``; returns 0 on success, 2 on a usage or data error (message on stderr)."""
-    from .embedder import BackboneEmbedder
-    from .store import extract_to_store
+    from ..datasets import load_image_list
+    from ..embedder import BackboneEmbedder
+    from ..storage import extract_to_store
 
     try:
-        X = read_image_list(args.input, _csv(args.image_col))
+        X = load_image_list(args.input, _csv(args.image_col))
         embedder = BackboneEmbedder(
             args.backbone,
             pretrained=not args.random_init,

@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -41,57 +40,37 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
-from .cache import atomic_write, content_key, embedding_namespace, twin
-from .views import View, feature_names
+from ..io import as_sources
+from ..views import View, feature_names
+from ._atomic import atomic_write_json
+from ._cache import content_key
+from ._chunks import (
+    CHUNKS_DIR,
+    DATA_FILE,
+    INDEX_FILE,
+    META_FILE,
+    ChunkWriter,
+    chunk_bounds,
+    extract_chunk,
+    marker_path,
+)
+from ._memmap import open_store_array, register_dask_serializers
 
 STORE_FORMAT = 1
-META_FILE = "store.json"
-DATA_FILE = "embeddings.npy"
-CHUNKS_DIR = "chunks"
-INDEX_FILE = "index.json"
 DTYPES = ("float32", "float16")
+# What an embedder must offer the store: the public extraction protocol of BackboneEmbedder.
+_EMBEDDER_PROTOCOL = ("embed_rows", "check_sources", "embedding_signature")
 
 
 class IncompleteStoreError(RuntimeError):
     """The store's extraction has not finished; resume it with the same call (or ``skdfl embed``)."""
 
 
+class StoreMismatchError(ValueError):
+    """The folder holds a store of a different extraction (backbone, weights, views, inputs...)."""
+
+
 # ------------------------------------------------------------------------------------------- inputs
-def lazy_sources(X) -> tuple[dict, pd.Index | None, int]:
-    """Split ``X`` into named sources *without* reading any image.
-
-    Unlike :func:`skdfl.io.as_sources` this keeps arrays (memory-mapped ones included) and arbitrary
-    sequences (anything with ``__len__`` and ``__getitem__``, e.g. a lazy image generator) as they are.
-
-    Returns the sources (name -> cells), the index of a DataFrame/Series ``X`` (else ``None``) and the
-    number of samples.
-    """
-    if isinstance(X, pd.DataFrame):
-        if X.shape[1] == 0 or len(X) == 0:
-            raise ValueError(f"X is a DataFrame of shape {X.shape}; expected samples and image columns")
-        return {str(c): X[c].tolist() for c in X.columns}, X.index, len(X)
-    if isinstance(X, pd.Series):
-        return {"image": X.tolist()}, X.index, len(X)
-    if isinstance(X, (str, os.PathLike)):
-        raise ValueError("X is a single path; pass a sequence of paths (one per sample)")
-    if isinstance(X, np.ndarray) and X.dtype != object and not (
-        (X.ndim == 4 and X.shape[-1] == 3) or (X.ndim == 1 and X.dtype.kind in "US")
-    ):
-        raise ValueError(
-            f"X has shape {X.shape} and dtype {X.dtype}: expected an (n, H, W, 3) image batch, a sequence of "
-            "image paths or arrays, or a DataFrame with one column per source"
-        )
-    if not (hasattr(X, "__len__") and hasattr(X, "__getitem__")):
-        raise ValueError(
-            f"unsupported input type {type(X).__name__} for X: expected a DataFrame, an array, or a "
-            "sequence (an object with __len__ and __getitem__) of image paths or arrays"
-        )
-    n = len(X)
-    if n == 0:
-        raise ValueError("X is empty: 0 samples")
-    return {"image": X}, None, n
-
-
 def _first_sample(X):
     """A one-sample version of ``X`` in a layout ``BackboneEmbedder.fit`` accepts."""
     if isinstance(X, (pd.DataFrame, pd.Series)):
@@ -118,70 +97,19 @@ def _input_digest(sources: dict, n: int, chunk_size: int) -> str:
     return h.hexdigest()
 
 
-def prepare_embedder(embedder, X, sources):
+def _prepare_embedder(embedder, X, sources):
     """Fit a clone of ``embedder`` on one sample of ``X`` if it is not fitted; check its sources."""
-    from .embedder import BackboneEmbedder
-
-    if not isinstance(embedder, BackboneEmbedder):
-        raise TypeError(f"embedder must be a BackboneEmbedder, got {type(embedder).__name__}")
+    if not all(callable(getattr(embedder, name, None)) for name in _EMBEDDER_PROTOCOL):
+        raise TypeError(
+            f"embedder must be a BackboneEmbedder (or offer its extraction protocol: "
+            f"{', '.join(_EMBEDDER_PROTOCOL)}), got {type(embedder).__name__}"
+        )
     try:
         check_is_fitted(embedder)
     except NotFittedError:
         embedder = clone(embedder).fit(_first_sample(X))
-    embedder._check_sources(sources)
+    embedder.check_sources(sources)
     return embedder
-
-
-def _quiet(embedder):
-    """The fitted embedder without its per-batch progress bar."""
-    return twin(embedder, verbose=0)
-
-
-# -------------------------------------------------------------------------------------------- writing
-@dataclass(frozen=True)
-class ChunkWriter:
-    """Writes rows of a preallocated store from any process; picklable (paths and numbers only)."""
-
-    path: str
-    dtype: str
-    n_features: int
-    offset: int
-
-    def write(self, chunk: int, start: int, stop: int, rows: np.ndarray) -> dict:
-        """Write ``rows`` as store rows ``[start, stop)``, make them durable, then mark the chunk done."""
-        if rows.shape != (stop - start, self.n_features):
-            raise ValueError(f"chunk {chunk}: got rows of shape {rows.shape}, expected {(stop - start, self.n_features)}")
-        data = np.ascontiguousarray(rows, dtype=self.dtype)
-        if not np.isfinite(data).all():
-            hint = "; use dtype='float32'" if self.dtype == "float16" else ""
-            raise FloatingPointError(f"chunk {chunk} (rows {start}-{stop}): non-finite embeddings in {self.dtype}{hint}")
-        buf = memoryview(data).cast("B")
-        fd = os.open(os.path.join(self.path, DATA_FILE), os.O_WRONLY)
-        try:
-            pos, done = self.offset + start * self.n_features * data.itemsize, 0
-            while done < len(buf):
-                done += os.pwrite(fd, buf[done:], pos + done)
-            # The rows must be on disk before their marker can exist (power-loss ordering).
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        marker = {"chunk": chunk, "start": start, "stop": stop, "crc32": zlib.crc32(buf)}
-        atomic_write(_marker_path(self.path, chunk), json.dumps(marker).encode())
-        return marker
-
-
-def _marker_path(path, chunk: int) -> str:
-    return os.path.join(path, CHUNKS_DIR, f"{chunk:08d}.json")
-
-
-def extract_chunk(embedder, sources: dict, writer: ChunkWriter, chunk: int, start: int, stop: int, offset: int = 0):
-    """Embed rows ``[start, stop)`` (cells ``start - offset ...`` of ``sources``) and write them."""
-    rows = embedder._embed(sources, np.arange(start - offset, stop - offset))
-    return writer.write(chunk, start, stop, rows)
-
-
-def chunk_bounds(n: int, chunk_size: int) -> list[tuple[int, int, int]]:
-    return [(k, start, min(n, start + chunk_size)) for k, start in enumerate(range(0, n, chunk_size))]
 
 
 # -------------------------------------------------------------------------------------- store on disk
@@ -205,7 +133,7 @@ def _read_meta(path: Path) -> dict | None:
 
 
 def _write_meta(path: Path, meta: dict) -> None:
-    atomic_write(path / META_FILE, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode(), fsync=True)
+    atomic_write_json(path / META_FILE, meta, fsync=True)
 
 
 def _remove_store(path: Path) -> None:
@@ -240,7 +168,7 @@ def _done_chunks(path: Path, bounds, *, verify: bool) -> dict[int, dict]:
         data = np.load(path / DATA_FILE, mmap_mode="r")
     for k, start, stop in bounds:
         try:
-            marker = json.loads(Path(_marker_path(path, k)).read_text())
+            marker = json.loads(Path(marker_path(path, k)).read_text())
         except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
             continue
         if marker.get("start") != start or marker.get("stop") != stop:
@@ -262,7 +190,7 @@ def _describe(embedder, n: int, dtype: str, chunk_size: int, digest: str, index)
         "n_chunks": -(-n // chunk_size),
         "views": [list(v) for v in embedder.views_],
         "embedding_dim": int(embedder.embedding_dim_),
-        "embedding": embedding_namespace(embedder),
+        "embedding": embedder.embedding_signature(),
         "input_digest": digest,
         "has_index": index is not None,
     }
@@ -294,7 +222,7 @@ def extract_to_store(
         one works), or any sequence with ``__len__``/``__getitem__`` returning paths or images. Images are
         read lazily, one batch at a time.
     path : str or Path
-        Store folder (created). See :mod:`skdfl.store` for its layout.
+        Store folder (created). See :mod:`skdfl.storage` for its layout.
     embedder : BackboneEmbedder
         Fitted, or unfitted (then a clone is fitted on the first sample of ``X``). Its ``cache`` is not
         used: the store is the cache. For a bitwise-reproducible store use ``precision="fp32"``.
@@ -332,8 +260,9 @@ def extract_to_store(
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"store path {path} exists and is not a folder")
 
-    sources, index, n = lazy_sources(X)
-    embedder = prepare_embedder(embedder, X, sources)
+    sources, index = as_sources(X)
+    n = len(next(iter(sources.values())))
+    embedder = _prepare_embedder(embedder, X, sources)
     meta = _describe(embedder, n, dtype, int(chunk_size), _input_digest(sources, n, int(chunk_size)), index)
 
     old = _read_meta(path) if path.is_dir() else None
@@ -344,7 +273,7 @@ def extract_to_store(
             raise FileExistsError(f"{path} already holds an embedding store; pass resume=True or overwrite=True")
         diff = [k for k in _MUST_MATCH if old.get(k) != meta[k]]
         if diff:
-            raise ValueError(
+            raise StoreMismatchError(
                 f"the store at {path} was made by a different extraction (differs in: {', '.join(diff)}); "
                 "pass overwrite=True to replace it or choose another path"
             )
@@ -365,13 +294,12 @@ def extract_to_store(
         with tqdm(total=n, initial=rows_done, desc="extracting", unit="img", disable=not verbose) as bar:
             progress = lambda marker: bar.update(marker["stop"] - marker["start"])  # noqa: E731
             if client is not None:
-                from .distributed import extract_distributed
+                from ._dask import extract_distributed
 
                 extract_distributed(X, embedder, writer, pending, client, callback=progress, write_on=write_on)
             else:
-                quiet = _quiet(embedder)
                 for k, start, stop in pending:
-                    progress(extract_chunk(quiet, sources, writer, k, start, stop))
+                    progress(extract_chunk(embedder, sources, writer, k, start, stop))
         missing = set(range(len(bounds))) - set(_done_chunks(path, bounds, verify=False))
         if missing:
             raise IncompleteStoreError(f"{path}: chunks {sorted(missing)[:10]} were not written; run again to resume")
@@ -380,33 +308,6 @@ def extract_to_store(
 
 
 # -------------------------------------------------------------------------------------------- reading
-class StoreArray(np.memmap):
-    """A read-only ``numpy.memmap`` of a store that pickles as a *reference* (path, dtype, shape, offset).
-
-    Joblib (loky) and Dask ship it to workers without copying the data: each worker re-maps the file
-    (which must be visible to it). Slices and fancy-indexed subsets are ordinary arrays and pickle by value.
-    """
-
-    def __array_finalize__(self, obj):
-        super().__array_finalize__(obj)
-        self._store_ref = None
-
-    def __reduce_ex__(self, protocol):
-        ref = getattr(self, "_store_ref", None)
-        if ref is None or self._mmap is None:
-            return np.asarray(self).__reduce_ex__(protocol)
-        return _open_store_array, ref
-
-    def __reduce__(self):
-        return self.__reduce_ex__(2)
-
-
-def _open_store_array(filename: str, dtype: str, shape: tuple, offset: int) -> StoreArray:
-    arr = StoreArray(filename, dtype=np.dtype(dtype), mode="r", offset=offset, shape=tuple(shape))
-    arr._store_ref = (filename, np.dtype(dtype).str, tuple(shape), offset)
-    return arr
-
-
 @dataclass(frozen=True)
 class EmbeddingStore:
     """A finished (or explicitly partial) store, read back memory-mapped.
@@ -465,40 +366,14 @@ def load_store(path, *, allow_partial: bool = False, verify: bool = False) -> Em
         bad = sorted(set(range(len(bounds))) - set(good))
         if bad and meta.get("complete"):
             raise ValueError(f"the store at {path} is corrupt: chunks {bad[:10]} fail their checksum")
-    _register_dask_serializers()
+    register_dask_serializers()
     data_file = path / DATA_FILE
-    embeddings = _open_store_array(str(data_file.resolve()), meta["dtype"], tuple(meta["shape"]), _data_offset(data_file))
+    embeddings = open_store_array(str(data_file.resolve()), meta["dtype"], tuple(meta["shape"]), _data_offset(data_file))
     views = [View(*v) for v in meta["views"]]
     index = None
     if meta.get("has_index"):
         index = pd.read_json(path / INDEX_FILE, orient="table").index
     return EmbeddingStore(path, embeddings, feature_names(views, meta["embedding_dim"]), index, meta)
-
-
-# ------------------------------------------------------------------------------------ dask transport
-_DASK_REGISTERED = False
-
-
-def _register_dask_serializers() -> None:
-    """Make Dask ship a whole :class:`StoreArray` by reference rather than copying its bytes.
-
-    Dask picks serialisers by type along the MRO and would use its ndarray serialiser; declining the
-    "dask" family sends the array through pickle, i.e. :meth:`StoreArray.__reduce_ex__`. Only the sending
-    process needs this; it runs when a store is opened with ``distributed`` imported.
-    """
-    global _DASK_REGISTERED
-    if _DASK_REGISTERED or "distributed" not in sys.modules:
-        return
-    from distributed.protocol import dask_serialize
-
-    @dask_serialize.register(StoreArray)
-    def _decline(arr):
-        raise NotImplementedError("StoreArray travels by pickle (a file reference)")
-
-    _DASK_REGISTERED = True
-
-
-_register_dask_serializers()
 
 
 def iter_chunks(store: EmbeddingStore, size: int = 65536) -> Iterable[tuple[int, np.ndarray]]:
@@ -508,12 +383,11 @@ def iter_chunks(store: EmbeddingStore, size: int = 65536) -> Iterable[tuple[int,
 
 
 __all__ = [
-    "ChunkWriter",
+    "DTYPES",
     "EmbeddingStore",
     "IncompleteStoreError",
-    "StoreArray",
+    "StoreMismatchError",
     "extract_to_store",
     "iter_chunks",
-    "lazy_sources",
     "load_store",
 ]

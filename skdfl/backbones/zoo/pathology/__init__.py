@@ -1,0 +1,1 @@
+"""Histopathology backbones, one file per provider: self-supervised seeds and foundation models."""

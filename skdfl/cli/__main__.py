@@ -1,0 +1,7 @@
+"""``python -m skdfl.cli``: the same as the ``skdfl`` command."""
+
+import sys
+
+from ._main import main
+
+sys.exit(main())

@@ -1,0 +1,289 @@
+"""How the head's training data is held, batched, split and summarised.
+
+skorch's default path (a ``Dataset`` that returns one row per ``__getitem__``, a ``DataLoader`` that collates
+them) costs Python calls per sample and per batch that dominate the fit of a small head. Here the embeddings
+become one tensor, zero-copy for float32 arrays (``np.memmap`` included: rows are read when a batch asks for
+them), moved to the device once when it fits, and a batch is one indexing operation on it.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import torch
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedShuffleSplit
+from sklearn.preprocessing import StandardScaler
+
+from ._augment import mixup_embeddings
+
+__all__ = ["BatchIterator", "EmbeddingDataset", "FeatureMoments", "validation_split"]
+
+# Inputs up to this size are copied to an accelerator once; larger ones (e.g. a memory-mapped store) stay in
+# host memory and travel one batch at a time.
+_MAX_DEVICE_COPY_BYTES = 2 * 1024**3
+# Rows per chunk when summarising features, so a memory-mapped store is never converted to float64 whole.
+_MOMENT_CHUNK_ROWS = 16384
+
+
+def _as_tensor(array):
+    """A torch view of a float32 array, without copying when the layout allows it."""
+    if not array.flags.c_contiguous:
+        array = np.ascontiguousarray(array)
+    with warnings.catch_warnings():
+        # Read-only inputs (e.g. a memmap opened with mode="r") are only ever read, never written.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
+
+
+class EmbeddingDataset(torch.utils.data.Dataset):
+    """Embeddings (and, for training, encoded labels and sample weights) held as tensors.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_features) or (n_samples, n_draws, n_features)
+        float32 embeddings. The 3-D layout is an augmentation bank: ``n_draws`` embeddings of each sample
+        (e.g. of augmented versions of its image), one of which is drawn per sample each time the sample
+        enters a training batch; validation batches use draw 0.
+
+    y : ndarray of shape (n_samples,) or None
+        Encoded labels ``0..n_classes-1``; None at inference.
+
+    sample_weight : ndarray of shape (n_samples,) or None
+        Per-sample loss weights; None weighs all samples by 1.
+
+    rows : ndarray of int or None
+        Subset of the rows of ``X`` that make up this dataset (e.g. the training part of an early-stopping
+        split), so that the subset is never copied out of ``X``.
+
+    device : torch.device
+        Where batches are delivered.
+
+    Attributes
+    ----------
+    X, y : the inputs, under the names that skorch's scoring callbacks read.
+    """
+
+    def __init__(self, X, y=None, sample_weight=None, rows=None, device="cpu"):
+        self.device = torch.device(device)
+        self.X = X
+        self.y = y
+        self.rows = None if rows is None else torch.as_tensor(np.asarray(rows, dtype=np.int64))
+        data = _as_tensor(X)
+        if self.device.type != "cpu" and data.numel() * data.element_size() <= _MAX_DEVICE_COPY_BYTES:
+            data = data.to(self.device)
+        self.data = data
+        self.targets = None if y is None else torch.as_tensor(np.asarray(y, dtype=np.int64), device=self.device)
+        self.weights = None
+        if sample_weight is not None:
+            weights = np.asarray(sample_weight, dtype=np.float64)
+            used = weights if rows is None else weights[np.asarray(rows)]
+            # Dividing by the mean weight keeps the loss on the scale of unweighted training (so lr and
+            # weight_decay mean the same), and makes a batch's mean loss an unbiased estimate of the loss on
+            # the data set with each sample repeated `weight` times.
+            weights = weights / used.mean()
+            self.weights = torch.as_tensor(weights, dtype=torch.float32, device=self.device)
+
+    @property
+    def n_draws(self):
+        """Number of embeddings per sample (1 for 2-D input)."""
+        return self.data.shape[1] if self.data.ndim == 3 else 1
+
+    def __len__(self):
+        return len(self.data) if self.rows is None else len(self.rows)
+
+    def __getitem__(self, index):
+        inputs, target = self.batch(torch.as_tensor([index]), training=False)
+        return inputs[0], None if target is None else {k: v[0] for k, v in target.items()}
+
+    def batch(self, positions, training, mixup_alpha=0.0):
+        """One batch: inputs on the device and the target dict the head's loss reads.
+
+        Parameters
+        ----------
+        positions : torch.Tensor of int64
+            Positions in this dataset (not rows of ``X`` when ``rows`` is set).
+
+        training : bool
+            Draw one embedding per sample from an augmentation bank at random and apply mixup. Otherwise
+            (validation) a bank contributes its draw 0, by convention the un-augmented embedding.
+
+        mixup_alpha : float
+            ``Beta`` concentration of mixup; 0 disables it.
+
+        Returns
+        -------
+        inputs : torch.Tensor of shape (batch, n_features)
+
+        target : dict of torch.Tensor or None
+            ``target`` (labels), optional ``weight``, and with mixup ``lam``, ``partner_target`` and
+            ``partner_weight``; None at inference without labels.
+        """
+        rows = positions if self.rows is None else self.rows[positions]
+        if self.data.ndim == 3:
+            if training:
+                draws = torch.randint(self.data.shape[1], (len(rows),))
+            else:
+                draws = torch.zeros(len(rows), dtype=torch.int64)
+            inputs = self.data[rows.to(self.data.device), draws.to(self.data.device)]
+        else:
+            inputs = self.data[rows.to(self.data.device)]
+        inputs = inputs.to(self.device, non_blocking=True)
+        if self.targets is None:
+            return inputs, None
+        device_rows = rows.to(self.device)
+        target = {"target": self.targets[device_rows]}
+        if self.weights is not None:
+            target["weight"] = self.weights[device_rows]
+        if training and mixup_alpha > 0:
+            inputs, partner, lam = mixup_embeddings(inputs, mixup_alpha)
+            target["lam"] = lam
+            target["partner_target"] = target["target"][partner]
+            if "weight" in target:
+                target["partner_weight"] = target["weight"][partner]
+        return inputs, target
+
+
+class BatchIterator:
+    """Mini-batches over an :class:`EmbeddingDataset`, the ``iterator_train``/``iterator_valid`` of the net.
+
+    Parameters
+    ----------
+    dataset : EmbeddingDataset
+        The data.
+
+    batch_size : int
+        Samples per batch (the last batch of a pass may be smaller).
+
+    shuffle : bool, default=False
+        Training mode: reshuffle at each pass, draw from augmentation banks, apply mixup.
+
+    min_steps : int, default=1
+        With ``shuffle``, make several passes over the data (each reshuffled) until at least this many
+        batches were produced: on small data sets one pass is a single optimiser step, and an "epoch" of
+        one step is too little for the budget and too noisy for the convergence test.
+
+    mixup_alpha : float, default=0.0
+        ``Beta`` concentration of mixup; 0 disables it.
+    """
+
+    def __init__(self, dataset, batch_size, shuffle=False, min_steps=1, mixup_alpha=0.0):
+        self.dataset = dataset
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.min_steps = int(min_steps)
+        self.mixup_alpha = float(mixup_alpha)
+
+    def _passes(self):
+        if not self.shuffle:
+            return 1
+        steps_per_pass = math.ceil(len(self.dataset) / self.batch_size)
+        return max(1, math.ceil(self.min_steps / steps_per_pass))
+
+    def __len__(self):
+        return self._passes() * math.ceil(len(self.dataset) / self.batch_size)
+
+    def __iter__(self):
+        n = len(self.dataset)
+        for _ in range(self._passes()):
+            order = torch.randperm(n) if self.shuffle else torch.arange(n)
+            for start in range(0, n, self.batch_size):
+                yield self.dataset.batch(
+                    order[start : start + self.batch_size], training=self.shuffle, mixup_alpha=self.mixup_alpha
+                )
+
+
+class FeatureMoments:
+    """Weighted per-feature mean and standard deviation, accumulated chunk by chunk (for ``partial_fit``).
+
+    Attributes
+    ----------
+    mean_, std_ : ndarray of shape (n_features,)
+        The statistics so far.
+    """
+
+    def __init__(self):
+        self._scaler = StandardScaler()
+
+    def update(self, X, sample_weight=None, rows=None):
+        """Add the rows ``rows`` of ``X`` (all rows when None); a bank contributes each of its draws."""
+        rows = np.arange(len(X)) if rows is None else np.asarray(rows)
+        for start in range(0, len(rows), _MOMENT_CHUNK_ROWS):
+            chunk_rows = rows[start : start + _MOMENT_CHUNK_ROWS]
+            chunk = np.asarray(X[chunk_rows], dtype=np.float64)
+            weight = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)[chunk_rows]
+            if chunk.ndim == 3:
+                n_draws = chunk.shape[1]
+                chunk = chunk.reshape(-1, chunk.shape[2])
+                weight = None if weight is None else np.repeat(weight, n_draws)
+            if weight is not None and not weight.any():
+                continue
+            self._scaler.partial_fit(chunk, sample_weight=weight)
+        return self
+
+    @property
+    def mean_(self):
+        return self._scaler.mean_
+
+    @property
+    def std_(self):
+        return np.sqrt(self._scaler.var_)
+
+
+def validation_split(y, groups, validation_fraction, random_state):
+    """Training and validation rows for early stopping, keeping each group on one side.
+
+    Parameters
+    ----------
+    y : ndarray of shape (n_samples,)
+        Encoded labels (the split is stratified by them).
+
+    groups : ndarray of shape (n_samples,) or None
+        Group labels (e.g. patients). When given, whole groups are held out (``StratifiedGroupKFold`` with
+        ``round(1 / validation_fraction)`` folds, first fold), so no group is on both sides.
+
+    validation_fraction : float
+        Share of the samples to hold out.
+
+    random_state : int or None
+        Seed of the split.
+
+    Returns
+    -------
+    train_rows, valid_rows : ndarray of int
+    """
+    n_samples, n_classes = len(y), len(np.unique(y))
+    context = (
+        f"early_stopping=True holds out validation_fraction={validation_fraction} of the {n_samples} training "
+        "samples to decide when to stop"
+    )
+    advice = "pass early_stopping=False, a larger validation_fraction, or more training data"
+    if groups is None:
+        n_valid = math.ceil(validation_fraction * n_samples)
+        if n_valid < n_classes or n_samples - n_valid < n_classes:
+            raise ValueError(
+                f"{context}: that is {n_valid} validation and {n_samples - n_valid} training samples, but a "
+                f"stratified split needs at least one sample of each of the {n_classes} classes on each side; "
+                f"{advice}"
+            )
+        splitter = StratifiedShuffleSplit(n_splits=1, test_size=validation_fraction, random_state=random_state)
+        try:
+            train_rows, valid_rows = next(splitter.split(np.zeros(n_samples), y))
+        except ValueError as exc:
+            raise ValueError(f"{context}, and the stratified split failed: {exc}; {advice}") from exc
+        return train_rows, valid_rows
+
+    n_groups = len(np.unique(groups))
+    if n_groups < 2:
+        raise ValueError(
+            f"{context} by group, but all samples are in one group; {advice}, or pass groups with at least "
+            "2 distinct values"
+        )
+    n_splits = int(min(n_groups, max(2, round(1 / validation_fraction))))
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=random_state)
+    with warnings.catch_warnings():
+        # Classes rarer than n_splits are expected on small data; the split is still group-disjoint.
+        warnings.filterwarnings("ignore", message="The least populated class")
+        train_rows, valid_rows = next(splitter.split(np.zeros(n_samples), y, groups))
+    return train_rows, valid_rows

@@ -1,0 +1,98 @@
+"""Atomic file writes: the one place where skdfl replaces a file on disk.
+
+Readers of the cache, of a store, of a metadata file or of downloaded weights must never see half a
+file, whether the writer was killed or another process writes the same name at the same time. Every write
+goes to a temporary file in the target's folder and is renamed over the target (``os.replace``: atomic on
+POSIX, NFS included); the result gets the permissions ``open()`` would have given it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def _current_umask() -> int:
+    # Linux reports the umask in /proc without changing it; elsewhere os.umask can only be read by setting
+    # it, which is racy against other threads for the instant it takes.
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _file_mode() -> int:
+    return 0o666 & ~_current_umask()
+
+
+def atomic_write(path: str | os.PathLike, data: bytes, *, fsync: bool = False) -> None:
+    """Write ``data`` to ``path`` atomically: a temporary file in the same folder, then ``os.replace``.
+
+    The file gets the permissions an ordinary ``open(path, "w")`` would (``0o666`` less the umask), not the
+    private ``0o600`` of a temporary file, so a cache or store shared by a group stays readable by it.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Target file; its folder must exist.
+    data : bytes
+        The whole new content.
+    fsync : bool, default=False
+        Make the content durable before the rename (power-loss safety; not needed against a killed
+        process).
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if hasattr(os, "fchmod"):  # POSIX; Windows has no permission bits to fix
+                os.fchmod(f.fileno(), _file_mode())
+            f.write(data)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+@contextmanager
+def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``dest``, moved onto ``dest`` when the ``with`` block succeeds.
+
+    For writers that want a path rather than bytes (``torch.save``, a download, ``np.save``). The folder of
+    ``dest`` is created. On error the temporary file is removed and ``dest`` is untouched.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".tmp-{dest.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, _file_mode())
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_json(path: str | os.PathLike, obj, *, fsync: bool = False) -> None:
+    """:func:`atomic_write` of ``obj`` as indented, key-sorted JSON (stable bytes for equal objects)."""
+    atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode(), fsync=fsync)
+
+
+__all__ = ["atomic_path", "atomic_write", "atomic_write_json"]
