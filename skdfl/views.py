@@ -4,16 +4,26 @@ The concatenation order is fixed and documented: sources in the order given by `
 DataFrame's column order), and within each source the colours in the order given by ``colors``. A sample
 with ``views=["x20", "x5"]`` and ``colors=["rgb", "gray"]`` is embedded as
 ``[x20_rgb | x20_gray | x5_rgb | x5_gray]``.
+
+Colours: ``"rgb"`` (the image as read), ``"gray"`` (luminance replicated to 3 channels), ``"macenko"`` and
+``"reinhard"`` (stain-normalised, :mod:`skdfl.stain`).
+
+With image-space augmentations (:mod:`skdfl.augment`) the embedding is augmentation-major: one block of
+every view per augmentation, block 0 the un-augmented images, and names get the augmentation as a prefix
+(``identity_x20_rgb_5``, ``rot90_x20_rgb_5``...).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
 
-COLORS = ("rgb", "gray")
+from .stain import STAIN_COLORS, make_stain_normalizers
+
+# Stain colours are computed by a normaliser (skdfl.stain) whose reference is part of the cache key.
+COLORS = ("rgb", "gray", *STAIN_COLORS)
 
 # ITU-R BT.601 luma, the weights Pillow's convert("L") uses.
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -39,7 +49,7 @@ def resolve_views(
         colors = [colors]
     colors = list(colors)
     if not colors:
-        raise ValueError("colors must name at least one of 'rgb', 'gray'")
+        raise ValueError(f"colors must name at least one of {list(COLORS)}")
     bad = [c for c in colors if c not in COLORS]
     if bad:
         raise ValueError(f"unknown colors {bad}; choose from {list(COLORS)}")
@@ -67,10 +77,27 @@ def to_gray(img: np.ndarray) -> np.ndarray:
     return np.repeat(luma[..., None], 3, axis=-1)
 
 
-def apply_color(img: np.ndarray, color: str) -> np.ndarray:
-    return to_gray(img) if color == "gray" else img
+def apply_color(img: np.ndarray, color: str, normalizers: Mapping | None = None) -> np.ndarray:
+    """``img`` in colour ``color``; stain colours use ``normalizers[color]`` (default: the published references)."""
+    if color == "rgb":
+        return img
+    if color == "gray":
+        return to_gray(img)
+    if color in STAIN_COLORS:
+        normalizer = (normalizers or {}).get(color)
+        if normalizer is None:
+            normalizer = make_stain_normalizers(colors=[color])[color]
+        return normalizer.transform(img)
+    raise ValueError(f"unknown color {color!r}; choose from {list(COLORS)}")
 
 
-def feature_names(views: Sequence[View], dim: int) -> np.ndarray:
-    """``<source>_<color>_<k>`` for every view and embedding coordinate, in concatenation order."""
-    return np.asarray([f"{v.name}_{k}" for v in views for k in range(dim)], dtype=object)
+def feature_names(views: Sequence[View], dim: int, augmentations: Sequence[str] | None = None) -> np.ndarray:
+    """Names of the embedding columns, in concatenation order.
+
+    ``<source>_<color>_<k>`` for every view and coordinate; with ``augmentations`` (labels, see
+    :func:`skdfl.augment.resolve_augmentations`), ``<augmentation>_<source>_<color>_<k>``, augmentation-major.
+    """
+    names = [f"{v.name}_{k}" for v in views for k in range(dim)]
+    if augmentations is None:
+        return np.asarray(names, dtype=object)
+    return np.asarray([f"{a}_{name}" for a in augmentations for name in names], dtype=object)

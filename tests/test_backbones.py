@@ -392,6 +392,45 @@ def test_malicious_pickle_is_refused(tmp_path):
     assert not marker.exists()
 
 
+def test_checkpoint_with_numpy_scalars_loads_but_other_numpy_objects_are_refused(tmp_path):
+    """Issue 11, item 18: a best score / epoch saved as numpy scalars is data, not code."""
+    path = tmp_path / "scores.pth"
+    weights = {"conv1.weight": torch.arange(4.0)}
+    torch.save({"state_dict": weights, "best_acc": np.float64(0.91), "epoch": np.int64(3),
+                "lr": np.float32(1e-3), "flag": np.bool_(True)}, path)  # fmt: skip
+    state = load_state_dict(path)
+    assert state.keys() == weights.keys() and torch.equal(state["conv1.weight"], weights["conv1.weight"])
+    # Still refused: code hiding next to numpy scalars.
+    marker = tmp_path / "pwned.txt"
+    evil = tmp_path / "evil.pth"
+    torch.save({"state_dict": weights, "best_acc": np.float64(0.9), "payload": _Evil(marker)}, evil)
+    with pytest.raises(UnsafeCheckpointError, match="refused to load"):
+        load_state_dict(evil)
+    assert not marker.exists()
+    # The numpy allowance is scoped to our loads: torch's own allowlist is left as it was.
+    assert not any("numpy" in repr(g) for g in torch.serialization.get_safe_globals())
+
+
+def test_empty_truncated_and_corrupt_checkpoints_name_the_file(tmp_path):
+    """Issue 11, item 19: no bare EOFError or safetensors header error without the file's name."""
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"empty\.pth is empty \(0 bytes\)"):
+        load_state_dict(empty)
+    good = tmp_path / "good.pth"
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, good)
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises((ValueError, RuntimeError), match="truncated\\.pth"):
+        load_state_dict(truncated)
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
+    with pytest.raises(ValueError, match="corrupt\\.safetensors is not a valid safetensors file"):
+        load_state_dict(corrupt)
+    with pytest.raises(ValueError, match="corrupt\\.safetensors"):
+        load_backbone("resnet18", checkpoint_path=corrupt)
+
+
 def test_missing_weights_offline_error_is_clear_and_fast(offline):
     start = time.perf_counter()
     with pytest.raises(WeightsNotFoundError) as err:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import multiprocessing
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ from skdfl import BackboneEmbedder
 from skdfl.io import ImageReadError, ImageSource, as_sources
 from skdfl.storage import (
     CacheCorruptionWarning,
+    CacheWriteWarning,
     EmbeddingCache,
     content_key,
     decode_entry,
@@ -173,8 +176,13 @@ def test_content_keys(tmp_path):
         content_key(tmp_path / "missing.png")
     with pytest.raises(ImageReadError, match="missing.png"):
         content_key(tmp_path / "missing.png", file_key="content")
-    with pytest.raises(TypeError, match="cache=None"):
+    # A cell of no image type is refused as read_image refuses it, naming the type, not blaming the cache.
+    with pytest.raises(ImageReadError, match="got float") as info:
         content_key(3.5)
+    assert "cache" not in str(info.value)
+    # An array, a PIL image and a tensor of the same pixels share one entry.
+    assert content_key(Image.fromarray(img)) == content_key(img)
+    assert content_key(torch.from_numpy(img).permute(2, 0, 1)) == content_key(img)
 
 
 class FakeRegion:
@@ -282,3 +290,81 @@ def test_two_processes_fill_one_cache_concurrently(tmp_path):
     out = emb.set_params(cache=cache).embed_rows({"image": list(X)}, np.arange(400))
     assert cache.hits == 400 and CountingNet.rows == 0
     np.testing.assert_allclose(out, _embedder(image_size=32).fit(X[:1]).transform(X), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_new_cache_folder_on_a_full_or_readonly_disk_warns_and_still_embeds(tmp_path, monkeypatch, code):
+    """Simulated with the OS calls failing under the cache folder (as root, chmod cannot make a folder
+    read-only); the real read-only folder is the next test."""
+    X = _images(4)
+    expected = _embedder().fit(X).transform(X)
+    root = tmp_path / "disk" / "new-cache"
+    real_mkdir, real_mkstemp = os.mkdir, tempfile.mkstemp
+
+    def under_root(path) -> bool:
+        return path is not None and str(path).startswith(str(root))
+
+    def failing_mkdir(path, *args, **kwargs):
+        if under_root(path):
+            raise OSError(code, os.strerror(code), str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    def failing_mkstemp(*args, dir=None, **kwargs):
+        if under_root(dir):
+            raise OSError(code, os.strerror(code), str(dir))
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", failing_mkdir)
+    monkeypatch.setattr(tempfile, "mkstemp", failing_mkstemp)
+    emb = _embedder(root).fit(X)
+    with pytest.warns(CacheWriteWarning, match="new-cache"):
+        out = emb.transform(X)
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-7)
+    assert not root.exists()
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root can write into a 0500 folder")
+def test_new_cache_folder_under_a_readonly_folder_warns(tmp_path):
+    X = _images(3)
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    readonly.chmod(0o500)
+    try:
+        emb = _embedder(readonly / "cache").fit(X)
+        with pytest.warns(CacheWriteWarning):
+            out = emb.transform(X)
+        np.testing.assert_allclose(out, _embedder().fit(X).transform(X), rtol=1e-6, atol=1e-7)
+    finally:
+        readonly.chmod(0o700)
+
+
+def test_full_disk_while_writing_an_entry_names_the_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    cache = EmbeddingCache(tmp_path)
+    namespace = cache.namespace({"test": 1})
+
+    real_fdopen = os.fdopen
+
+    class FullDiskFile:
+        """The temporary file of atomic_write on a disk that fills up: write() fails as the OS does."""
+
+        def __init__(self, fd, *args, **kwargs):
+            self.file = real_fdopen(fd, *args, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # no filename, like the real one
+
+    monkeypatch.setattr(os, "fdopen", FullDiskFile)
+    with pytest.raises(OSError, match=r"No space left.*ab12\.emb") as info:
+        cache.put(namespace, "ab12", np.ones(3, np.float32))
+    assert info.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+    assert not list(tmp_path.rglob(".tmp-*")) and not list(tmp_path.rglob("*.emb"))

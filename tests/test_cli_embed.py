@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -41,3 +42,40 @@ def test_cli_embed_folder_and_csv(tmp_path, capsys):
     args = parser.parse_args(["embed", str(tmp_path / "list.csv"), str(tmp_path / "out2"), *common, "--no-resume"])
     assert args.func(args) == 2
     assert json.loads((tmp_path / "out2" / "store.json").read_text())["complete"]
+
+
+@pytest.mark.parametrize("stage", ["create", "write"])
+def test_cli_embed_on_a_full_disk_names_the_path_and_leaves_no_temporary_file(tmp_path, capsys, monkeypatch,
+                                                                               stage):  # fmt: skip
+    """Issue 11, item 19: "[Errno 28]" must say which file, and no ``.tmp-embeddings.npy`` stays behind."""
+    import errno
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    full_disk = OSError(errno.ENOSPC, "No space left on device")  # as write()/fsync() raise it: no filename
+    if stage == "create":
+        real = np.lib.format.open_memmap
+
+        def open_memmap(filename, *args, **kwargs):
+            real(filename, *args, **kwargs)._mmap.close()  # the temporary file exists, then the disk fills
+            raise full_disk
+
+        monkeypatch.setattr(np.lib.format, "open_memmap", open_memmap)
+    else:  # the store exists; writing the first chunk's rows fills the disk
+
+        def pwrite(*args):
+            raise full_disk
+
+        monkeypatch.setattr(os, "pwrite", pwrite)
+    out = tmp_path / "out"
+    args = build_parser().parse_args(["embed", str(folder), str(out), "--backbone", "test_resnet", "--random-init",
+                                      "--image-size", "32", "--device", "cpu", "--quiet"])  # fmt: skip
+    assert args.func(args) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and str(out) in err
+    if stage == "write":
+        assert "writing rows 0-4 of the store" in err and "embeddings.npy" in err
+    assert not list(tmp_path.rglob(".tmp-*")), "a temporary file was left behind"

@@ -11,8 +11,10 @@ import torch
 from PIL import Image
 from sklearn.base import clone
 from sklearn.utils._param_validation import InvalidParameterError
+from torch import nn
 
 from skdfl import BackboneEmbedder
+from skdfl import embedder as embedder_module
 from skdfl.io import ImageReadError
 from skdfl.views import to_gray
 
@@ -147,11 +149,57 @@ def test_bf16_embeddings_close_to_fp32(images):
     assert not np.array_equal(fp32, bf16), "bf16 autocast must actually change the arithmetic"
 
 
-def test_verbose_controls_progress_bar(images, capsys):
+def test_verbose_controls_progress_bar(images, capsys, monkeypatch):
     make_embedder(verbose=0).fit(images).transform(images)
     assert capsys.readouterr().err == ""
+    # A quick call (a fitted model's predict) shows no bar even with verbose=1: tqdm's delay.
+    make_embedder(verbose=1).fit(images).transform(images)
+    assert capsys.readouterr().err == ""
+    # A long job does (here "long" is any call: the delay is set to 0).
+    monkeypatch.setattr(embedder_module, "PROGRESS_DELAY_S", 0.0)
     make_embedder(verbose=1).fit(images).transform(images)
     assert "embedding" in capsys.readouterr().err
+
+
+def test_progress_bar_counts_images_not_samples(frame, monkeypatch):
+    bars = []
+
+    class RecordingBar(embedder_module.tqdm):
+        def close(self):
+            if not self.disable:
+                bars.append((self.total, self.n, self.unit))
+            super().close()
+
+    monkeypatch.setattr(embedder_module, "tqdm", RecordingBar)
+    make_embedder(views=["x20", "x5"], colors=["rgb", "gray"], verbose=1, batch_size=4).fit(frame).transform(frame)
+    assert bars == [(6 * 4, 6 * 4, "img")]  # 6 samples x 4 views: img/s is the image rate
+
+
+class RecordingStub(nn.Module):
+    """A backbone that records the tensor it is fed."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1))
+        self.inputs = []
+
+    def forward(self, x):
+        self.inputs.append(x.detach().clone())
+        return x.mean(dim=(2, 3)) * self.scale
+
+
+def test_backbone_input_is_normalised_with_mean_and_std():
+    pixel = np.array([10, 128, 250], np.uint8)
+    X = np.broadcast_to(pixel, (2, SIZE, SIZE, 3)).copy()
+    emb = BackboneEmbedder(RecordingStub(), image_size=SIZE, precision="fp32", device="cpu", verbose=0).fit(X)
+    emb.module_.inputs.clear()  # drop fit's probe
+    emb.transform(X)
+    (x,) = emb.module_.inputs
+    mean, std = np.array(emb.data_config_["mean"]), np.array(emb.data_config_["std"])
+    assert not np.allclose(std, 1.0) and not np.allclose(mean, 0.0)
+    expected = (pixel / 255.0 - mean) / std  # by hand, per channel
+    assert tuple(x.shape) == (2, 3, SIZE, SIZE)
+    np.testing.assert_allclose(x.numpy(), np.broadcast_to(expected[None, :, None, None], x.shape), rtol=0, atol=1e-5)
 
 
 def test_workers_give_same_result(tmp_path, images):

@@ -32,10 +32,18 @@ from skdfl.heads import FeatureDropout, FocalHeadClassifier, FocalLoss, Gaussian
 # pass per epoch (min_steps_per_epoch=1) and no convergence stop (n_iter_no_change > max_epochs), so the
 # number of epochs and batches is known.
 FAST = dict(
-    hidden_units=(16,), lr=0.02, max_epochs=15, batch_size=32, min_steps_per_epoch=1, n_iter_no_change=100,
+    hidden_units=(16,),
+    lr=0.02,
+    max_epochs=15,
+    batch_size=32,
+    min_steps_per_epoch=1,
+    n_iter_no_change=100,
     random_state=0,
 )
-pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")]
+pytestmark = [
+    pytest.mark.usefixtures("one_torch_thread"),
+    pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -354,7 +362,9 @@ def test_grid_search_over_noise_and_hidden_units():
     assert search.best_params_ == {"hidden_units": (16,), "noise_std": 0.0}
     scores = {
         (params["hidden_units"], params["noise_std"]): score
-        for params, score in zip(search.cv_results_["params"], search.cv_results_["mean_test_score"])
+        for params, score in zip(
+            search.cv_results_["params"], search.cv_results_["mean_test_score"], strict=True
+        )
     }
     assert scores[(16,), 0.0] > 0.85
     assert scores[(16,), 3.0] < scores[(16,), 0.0] - 0.1
@@ -384,11 +394,14 @@ def test_reproducible_with_random_state(blobs):
 def test_early_stopping_stops_before_max_epochs():
     X, y = make_blobs(n_samples=300, centers=3, n_features=5, cluster_std=3.0, random_state=0)
     X = StandardScaler().fit_transform(X)
-    clf = FocalHeadClassifier(**{**FAST, "max_epochs": 200, "n_iter_no_change": 3}, early_stopping=True).fit(X, y)
+    clf = FocalHeadClassifier(**{**FAST, "max_epochs": 200, "n_iter_no_change": 3}, early_stopping=True).fit(
+        X, y
+    )
     assert clf.n_iter_ < 200
     assert "valid_loss" in clf.history_[-1] and "valid_acc" in clf.history_[-1]
     stopper = dict(clf.net_.callbacks_)["early_stopping"]
-    assert clf.n_iter_ == stopper.best_epoch_ + 3  # stopped right after n_iter_no_change epochs without improvement
+    # Stopped right after n_iter_no_change epochs without improvement.
+    assert clf.n_iter_ == stopper.best_epoch_ + 3
     # load_best: the fitted module holds the weights of the best epoch, not of the last one.
     for name, weights in clf.net_.module_.state_dict().items():
         assert torch.equal(weights, stopper.best_model_weights_[name])
@@ -501,3 +514,26 @@ def test_bad_hidden_units_type_and_device(blobs):
         FocalHeadClassifier(**{**FAST, "hidden_units": 0}).fit(X, y)
     with pytest.raises(ValueError, match="invalid device 'gpu0'"):
         FocalHeadClassifier(**FAST, device="gpu0").fit(X, y)
+
+
+class _ThreadProbe(Callback):
+    def on_epoch_begin(self, net, **kwargs):
+        self.threads = torch.get_num_threads()
+
+
+@pytest.mark.parametrize("n_threads, expected", [(1, 1), (3, 3), (None, 2)])
+def test_n_threads_applies_while_fitting_and_is_restored(blobs, n_threads, expected):
+    X, y = blobs
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        clf = FocalHeadClassifier(
+            **{**FAST, "max_epochs": 1}, n_threads=n_threads, callbacks=[("probe", _ThreadProbe())]
+        )
+        clf.fit(X, y)
+        assert dict(clf.net_.callbacks_)["probe"].threads == expected
+        assert torch.get_num_threads() == 2
+        clf.predict(X)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)

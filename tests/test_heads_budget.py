@@ -48,8 +48,12 @@ def test_small_data_epoch_makes_min_steps_per_epoch_steps():
     X, y = _small_separable(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        head = FocalHeadClassifier(hidden_units=(), max_epochs=3, batch_size=16, min_steps_per_epoch=10).fit(X, y)
-        one_pass = FocalHeadClassifier(hidden_units=(), max_epochs=3, batch_size=16, min_steps_per_epoch=1).fit(X, y)
+        head = FocalHeadClassifier(hidden_units=(), max_epochs=3, batch_size=16, min_steps_per_epoch=10).fit(
+            X, y
+        )
+        one_pass = FocalHeadClassifier(
+            hidden_units=(), max_epochs=3, batch_size=16, min_steps_per_epoch=1
+        ).fit(X, y)
     # 60 samples in batches of 16 = 4 steps per pass; 10 steps need 3 passes = 12 steps.
     assert head.history_[:, "train_batch_count"] == [12, 12, 12]
     assert one_pass.history_[:, "train_batch_count"] == [4, 4, 4]

@@ -138,7 +138,9 @@ def test_early_stopping_without_groups_is_stratified(blobs):
 
 def test_early_stopping_on_too_few_samples_names_the_parameters():
     X, y = make_classification(n_samples=10, n_features=4, n_informative=2, random_state=0)
-    with pytest.raises(ValueError, match=r"early_stopping=True.*validation_fraction=0\.1.*10 training samples"):
+    with pytest.raises(
+        ValueError, match=r"early_stopping=True.*validation_fraction=0\.1.*10 training samples"
+    ):
         FocalHeadClassifier(**FAST, early_stopping=True).fit(X, y)
     with pytest.raises(ValueError, match=r"early_stopping=True.*one group"):
         FocalHeadClassifier(**FAST, early_stopping=True).fit(X, y, groups=np.zeros(10))
@@ -163,7 +165,7 @@ def test_decision_function_is_the_logits(blobs):
     assert_allclose(scores - logsumexp(scores, axis=1, keepdims=True), head.predict_log_proba(X), atol=1e-5)
     with torch.no_grad():
         logits = head.net_.module_.eval()(torch.from_numpy(X)).numpy()
-    assert_allclose(scores, logits, rtol=1e-6)
+    assert_allclose(scores, logits, rtol=1e-5, atol=1e-5)
 
 
 def test_binary_decision_function_is_the_log_odds_of_classes_1(blobs):
@@ -186,7 +188,9 @@ def test_partial_fit_continues_training_from_memmap_chunks(blobs, tmp_path):
     store[:] = X
     store.flush()
     chunks = np.array_split(np.arange(len(y)), 4)
-    head = FocalHeadClassifier(hidden_units=(8,), lr=0.01, batch_size=16, min_steps_per_epoch=1, random_state=0)
+    head = FocalHeadClassifier(
+        hidden_units=(8,), lr=0.01, batch_size=16, min_steps_per_epoch=1, random_state=0
+    )
     losses, accuracies = [], []
     for _ in range(5):
         for chunk in chunks:

@@ -5,10 +5,12 @@ The ``skdfl embed`` command is tested in tests/test_cli_embed.py.
 
 from __future__ import annotations
 
+import errno
 import multiprocessing
 import os
 import pickle
 import signal
+import threading
 import time
 from contextlib import contextmanager
 
@@ -286,3 +288,102 @@ def test_focal_head_fits_on_a_store(tmp_path):
     clf = heads.FocalHeadClassifier(hidden_units=(8,), max_epochs=2, batch_size=16, device="cpu", random_state=0)
     clf.fit(store.embeddings, y)
     assert clf.predict_proba(store.embeddings).shape == (64, 2)
+
+
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as write() raises it: no filename
+
+
+def test_full_disk_while_creating_a_store_names_it_and_leaves_nothing(tmp_path, monkeypatch):
+    real_open_memmap = np.lib.format.open_memmap
+
+    def open_memmap_on_a_full_disk(filename, *args, **kwargs):
+        real_open_memmap(filename, *args, **kwargs)._mmap.close()  # the file exists, then the disk is full
+        _no_space()
+
+    monkeypatch.setattr(np.lib.format, "open_memmap", open_memmap_on_a_full_disk)
+    path = tmp_path / "store"
+    with pytest.raises(OSError, match=r"No space left on device.*store") as info:
+        extract_to_store(SeededImages(6), path, _embedder(), chunk_size=4, verbose=0)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(path)
+    assert sorted(p.name for p in path.iterdir() if not p.name.endswith(".lock")) == []
+    monkeypatch.undo()
+    assert extract_to_store(SeededImages(6), path, _embedder(), chunk_size=4, verbose=0).meta["complete"]
+
+
+def test_full_disk_while_writing_rows_names_the_data_file(tmp_path, monkeypatch):
+    X = SeededImages(10)
+    path = tmp_path / "store"
+    monkeypatch.setattr(os, "pwrite", _no_space)
+    with pytest.raises(OSError, match=r"No space left on device.*rows 0-4.*embeddings\.npy") as info:
+        extract_to_store(X, path, _embedder(), chunk_size=4, verbose=0)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(path / "embeddings.npy")
+    assert not list(path.rglob(".tmp-*"))
+    monkeypatch.undo()
+    store = extract_to_store(X, path, _embedder(), chunk_size=4, verbose=0)  # resumes once there is space
+    dense = np.stack([X[i] for i in range(len(X))])
+    np.testing.assert_allclose(store.embeddings, _embedder().fit(dense).transform(dense), rtol=1e-5, atol=1e-6)
+
+
+def test_two_extractions_started_together_on_a_new_path(tmp_path, monkeypatch):
+    """Both succeed with the same store, 10 times in a row.
+
+    The creation of the data file is slowed down (50 ms) to widen the window in which the other call
+    used to find a half-created store (its temporary files "not a store", or deleted under it).
+    """
+    X = SeededImages(8)
+    dense = np.stack([X[i] for i in range(len(X))])
+    expected = _embedder().fit(dense).transform(dense)
+    real_open_memmap = np.lib.format.open_memmap
+
+    def slow_open_memmap(*args, **kwargs):
+        array = real_open_memmap(*args, **kwargs)
+        time.sleep(0.05)
+        return array
+
+    monkeypatch.setattr(np.lib.format, "open_memmap", slow_open_memmap)
+    embedders = [_embedder().fit(dense[:1]), _embedder().fit(dense[:1])]
+    for trial in range(10):
+        path = tmp_path / f"store{trial}"
+        barrier = threading.Barrier(2)
+        results, errors = [None, None], []
+
+        def extract(k, path=path, barrier=barrier, results=results, errors=errors):
+            barrier.wait(timeout=30)
+            try:
+                results[k] = np.asarray(extract_to_store(X, path, embedders[k], chunk_size=3, verbose=0).embeddings)
+            except Exception as exc:  # reported below with the trial number
+                errors.append(exc)
+
+        threads = [threading.Thread(target=extract, args=(k,)) for k in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert not errors, f"trial {trial}: {errors!r}"
+        for result in results:
+            np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-6)
+        assert not list(path.glob(".tmp-*"))
+
+
+def test_a_folder_holding_only_skdfl_temporary_files_is_not_foreign(tmp_path):
+    path = tmp_path / "store"
+    path.mkdir()
+    (path / ".tmp-store.json.abc123.part").write_text("{")  # left by a writer killed mid-rename
+    store = extract_to_store(SeededImages(4), path, _embedder(), chunk_size=2, verbose=0)
+    assert store.meta["complete"]
+
+
+def test_store_of_an_augmentation_bank_keeps_every_block_and_its_names(tmp_path):
+    X = SeededImages(6)
+    embedder = _embedder(augmentations=["rot90", "flip_h"], resize="stretch")
+    expected = embedder.fit_transform(np.stack([X[i] for i in range(len(X))]))
+    store = extract_to_store(X, tmp_path / "s", _embedder(augmentations=["rot90", "flip_h"], resize="stretch"),
+                             chunk_size=4, verbose=0)
+    assert store.shape == expected.shape == (6, 3 * embedder.embedding_dim_)
+    np.testing.assert_allclose(np.asarray(store.embeddings), expected, atol=1e-5)
+    assert list(store.feature_names) == list(embedder.get_feature_names_out())
+    assert store.feature_names[0].startswith("identity_")
+    with pytest.raises(StoreMismatchError, match="augmentations"):
+        extract_to_store(X, tmp_path / "s", _embedder(augmentations=["rot90"], resize="stretch"),
+                         chunk_size=4, verbose=0)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
+import warnings
 
 import numpy as np
 import optuna
@@ -234,3 +236,81 @@ def test_parameter_errors(data):
         HeadSearchCV(logreg(), search_space=c_space, n_trials=0).fit(X, y)
     search = HeadSearchCV(logreg(), search_space=c_space)
     assert search.get_params()["n_trials"] == 20 and not hasattr(search, "study_")
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _optuna_messages(verbosity):
+    """Optuna's log messages (its logger does not propagate to the root), at a given starting verbosity."""
+    records, logger, previous = _Records(), logging.getLogger("optuna"), optuna.logging.get_verbosity()
+    logger.addHandler(records)
+    optuna.logging.set_verbosity(verbosity)
+    try:
+        yield records.messages
+    finally:
+        logger.removeHandler(records)
+        optuna.logging.set_verbosity(previous)
+
+
+def test_progress_bar_with_best_score_and_verbose_0_silences_everything(tmp_path, data, capsys):
+    """Issue 11, item 9: a bar with the best score; verbose=0 also silences Optuna's INFO lines."""
+    X, y = data
+    with _optuna_messages(optuna.logging.INFO) as messages:
+        search = HeadSearchCV(logreg(), search_space=c_space, n_trials=3, cv=3, storage=tmp_path / "a.db",
+                              verbose=0).fit(X, y)  # fmt: skip
+        assert optuna.logging.get_verbosity() == optuna.logging.INFO  # the user's level is restored
+    assert messages == [] and capsys.readouterr().err == ""
+    assert len(_finished(search.study_)) == 3
+
+    with _optuna_messages(optuna.logging.INFO) as messages:
+        search = HeadSearchCV(logreg(), search_space=c_space, n_trials=3, cv=3, storage=tmp_path / "b.db",
+                              verbose=1).fit(X, y)  # fmt: skip
+    err = capsys.readouterr().err
+    assert messages == []  # verbose=1: the bar only
+    assert "HeadSearchCV" in err and "3/3" in err and "trial" in err
+    assert f"best={search.best_score_:.4f}" in err
+
+    with _optuna_messages(optuna.logging.WARNING) as messages:
+        HeadSearchCV(logreg(), search_space=c_space, n_trials=2, cv=3, storage=tmp_path / "c.db",
+                     verbose=2).fit(X, y)  # fmt: skip
+        assert optuna.logging.get_verbosity() == optuna.logging.WARNING
+    assert any("A new study created" in m for m in messages)
+    assert sum("finished with value" in m for m in messages) == 2
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")
+def test_stale_running_trial_of_a_killed_run_is_failed_and_retried(tmp_path, data):
+    """Issue 11, item 9: a trial left RUNNING (its process killed mid-trial) does not stay RUNNING."""
+    X, y = data
+    db = tmp_path / "stale.db"
+    # What a killed run leaves behind: a RUNNING trial with parameters and a last heartbeat, then silence.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = optuna.storages.RDBStorage(f"sqlite:///{db}", heartbeat_interval=1, grace_period=2)
+    study = optuna.create_study(storage=storage, study_name="s", direction="maximize")
+    killed = study.ask()
+    c_killed = killed.suggest_float("C", 1e-4, 1e2, log=True)
+    storage.record_heartbeat(killed._trial_id)
+    del storage, study
+    time.sleep(2.5)  # longer than the grace period (2 x heartbeat_interval)
+
+    search = HeadSearchCV(logreg(), search_space=c_space, n_trials=3, cv=3, storage=db, study_name="s",
+                          heartbeat_interval=1, verbose=0).fit(X, y)  # fmt: skip
+    trials = optuna.load_study(study_name="s", storage=f"sqlite:///{db}").trials
+    assert trials[killed.number].state == TrialState.FAIL
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    # The retry callback re-queued the killed trial's parameters, and this fit ran them.
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
+    assert retried[0].params["C"] == pytest.approx(c_killed)
+    assert len(_finished(search.study_)) == 3
+    with pytest.raises(ValueError, match="heartbeat_interval"):
+        HeadSearchCV(logreg(), search_space=c_space, heartbeat_interval=0).fit(X, y)

@@ -75,3 +75,22 @@ def test_parse_view():
     assert parse_view("mpp0.5") == {"mpp": 0.5}
     with pytest.raises(ValueError, match="names no resolution"):
         parse_view("image")
+
+
+def test_embed_command_reads_multizoom_regions_from_a_tiles_csv(slide, tmp_path):
+    from skdfl import load_store
+
+    tiles_csv = tmp_path / "tiles.csv"
+    assert run(["tile", slide, "--size", 32, "--out", tiles_csv, "--base-magnification", 20]) == 0
+    out = tmp_path / "store"
+    code = run(["embed", tiles_csv, out, "--views", "x20,x5", "--region-size", 32, "--base-magnification", 20,
+                "--backbone", "resnet18", "--random-init", "--image-size", 32, "--device", "cpu",
+                "--precision", "fp32", "--quiet"])
+    assert code == 0
+    store = load_store(out)
+    tiles = pd.read_csv(tiles_csv)
+    X = region_views(tiles, ["x20", "x5"], size=32, base_magnification=20)[["x20", "x5"]]
+    expected = BackboneEmbedder("resnet18", pretrained=False, image_size=32, views=["x20", "x5"], device="cpu",
+                                precision="fp32", verbose=0).fit_transform(X)
+    assert store.shape == expected.shape == (len(tiles), 2 * 512)
+    np.testing.assert_allclose(np.asarray(store.embeddings), expected, atol=1e-5)

@@ -56,9 +56,40 @@ class UnsafeCheckpointError(pickle.UnpicklingError):
 
 
 # ----------------------------------------------------------------------------- reading checkpoints
+def _numpy_scalar_globals() -> list:
+    """What unpickling a numpy scalar (``np.float64(0.9)``, ``np.int64(3)``) needs: numpy's ``scalar``
+    constructor, ``np.dtype`` and the dtype class of each numeric and boolean type. Pure data: these build
+    numbers from bytes and run no other code."""
+    import numpy as np
+
+    types = (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64,
+             np.float16, np.float32, np.float64, np.longdouble, np.complex64, np.complex128)  # fmt: skip
+    constructors = [
+        _import_global(name)
+        for name in ("numpy._core.multiarray.scalar", "numpy.core.multiarray.scalar")
+    ]
+    return [g for g in constructors if g is not None] + [np.dtype] + [type(np.dtype(t)) for t in types]
+
+
+def _torch_load_allowing(path: Path, extra_globals=()):
+    """``torch.load(weights_only=True)`` that also accepts numpy scalars and ``extra_globals``, and names the
+    file when it is empty or unreadable."""
+    if path.stat().st_size == 0:
+        raise ValueError(f"checkpoint {path} is empty (0 bytes): an interrupted download or copy? Fetch it again")
+    with torch.serialization.safe_globals([*_numpy_scalar_globals(), *extra_globals]):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except EOFError as err:
+            raise ValueError(f"checkpoint {path} ends too early (truncated file?): {err!r}") from err
+        except RuntimeError as err:  # e.g. "PytorchStreamReader failed reading zip archive"
+            raise RuntimeError(f"cannot read checkpoint {path}: {err}") from err
+        except OSError as err:  # a truncated zip checkpoint gives a bare "[Errno 22] Invalid argument"
+            raise ValueError(f"cannot read checkpoint {path} (truncated or not a checkpoint?): {err}") from err
+
+
 def _torch_load(path: Path):
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return _torch_load_allowing(path)
     except pickle.UnpicklingError as err:
         try:
             wanted = set(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
@@ -74,8 +105,7 @@ def _torch_load(path: Path):
                 f".safetensors. Loader said: {str(err).splitlines()[0]}"
             ) from err
     allowed = [_import_global(name) for name in sorted(wanted)]
-    with torch.serialization.safe_globals([g for g in allowed if g is not None]):
-        return torch.load(path, map_location="cpu", weights_only=True)
+    return _torch_load_allowing(path, [g for g in allowed if g is not None])
 
 
 def _import_global(qualname: str):
@@ -132,7 +162,10 @@ def load_state_dict(path: str | Path, *, key: str | None = None) -> dict[str, to
     FileNotFoundError
         ``path`` does not exist.
     UnsafeCheckpointError
-        The file needs arbitrary pickled objects to load.
+        The file needs arbitrary pickled objects to load. Numpy scalars (a best score, an epoch) are
+        allowed: they are data.
+    ValueError
+        The file is empty, truncated, or a corrupt safetensors file (the message names it).
     KeyError
         ``key`` is not in the checkpoint and its top level holds no tensors.
     """
@@ -145,9 +178,16 @@ def load_state_dict(path: str | Path, *, key: str | None = None) -> dict[str, to
             "'densenet121.keras_in1k' (skdfl.backbones.keras maps Keras ResNet-50 / DenseNet-121 onto timm)"
         )
     if path.suffix == ".safetensors" or _is_safetensors(path):
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path), device="cpu")
+        try:
+            return load_file(str(path), device="cpu")
+        except SafetensorError as err:
+            raise ValueError(
+                f"{path} is not a valid safetensors file ({path.stat().st_size} bytes; {err}): a truncated or "
+                "corrupt download? Fetch it again"
+            ) from err
     state = _torch_load(path)
     if not isinstance(state, Mapping):
         raise TypeError(f"{path} holds a {type(state).__name__}, not a state dict")

@@ -21,6 +21,7 @@ def add_embed_parser(subparsers) -> argparse.ArgumentParser:
     from .._device import PRECISIONS
     from ..storage import DTYPES
     from ..transforms import RESIZE_POLICIES
+    from ._tile import add_resolution_arguments
 
     p = subparsers.add_parser(
         "embed",
@@ -30,7 +31,8 @@ def add_embed_parser(subparsers) -> argparse.ArgumentParser:
         "Images are read lazily; memory does not grow with the number of images. Re-run the same command "
         "to resume an interrupted extraction; finished chunks are kept.",
     )
-    p.add_argument("input", help="folder of images (recursive), or a .csv/.parquet/.txt list of image paths")
+    p.add_argument("input", help="folder of images (recursive), a .csv/.parquet/.txt list of image paths, or "
+                   "with --views a tiles CSV (slide, x, y) as `skdfl tile` writes it")
     p.add_argument("out", help="store folder to create or resume")
     p.add_argument("--image-col", default=None,
                    help="CSV/parquet column(s) of image paths, comma separated, one per source (default: path)")
@@ -56,8 +58,26 @@ def add_embed_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--write-on", choices=("workers", "client"), default="workers",
                    help="with --scheduler: workers write OUT (shared filesystem) or send rows back")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    slides = p.add_argument_group("whole-slide regions (INPUT is a tiles CSV)")
+    slides.add_argument("--views", default=None,
+                        help="comma separated magnifications read around each tile centre, e.g. x20,x5 "
+                        "(or mpp0.5): the paper's multi-zoom sample")
+    slides.add_argument("--region-size", type=int, default=224, help="pixels of each region (default 224)")
+    add_resolution_arguments(slides)
     p.set_defaults(func=run_embed_command)
     return p
+
+
+def _slide_regions(args: argparse.Namespace, views: list[str]):
+    """The multi-zoom ``X`` of a tiles CSV: one lazy region column per view, around each tile centre."""
+    import pandas as pd
+
+    from ..wsi import region_views
+
+    tiles = pd.read_csv(args.input)
+    X = region_views(tiles, views, size=args.region_size, base_magnification=args.base_magnification,
+                     base_mpp=args.base_mpp, backend=args.backend)
+    return X[views]
 
 
 def run_embed_command(args: argparse.Namespace) -> int:
@@ -67,7 +87,11 @@ def run_embed_command(args: argparse.Namespace) -> int:
     from ..storage import extract_to_store
 
     try:
-        X = load_image_list(args.input, _csv(args.image_col))
+        views = _csv(args.views)
+        if views:
+            X = _slide_regions(args, views)
+        else:
+            X = load_image_list(args.input, _csv(args.image_col))
         embedder = BackboneEmbedder(
             args.backbone,
             pretrained=not args.random_init,
@@ -81,6 +105,7 @@ def run_embed_command(args: argparse.Namespace) -> int:
             device=args.device,
             precision=args.precision,
             random_state=args.seed,
+            views=views,
             verbose=0,
         )
         client = None

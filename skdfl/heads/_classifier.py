@@ -25,6 +25,7 @@ from sklearn.utils.validation import (
 )
 from skorch.callbacks import EarlyStopping
 from skorch.helper import predefined_split
+from torch.func import functional_call
 
 from skdfl._device import resolve_device
 
@@ -51,6 +52,20 @@ def _is_bank(X):
     if ndim is None and isinstance(X, (list, tuple)):
         ndim = np.ndim(X)
     return ndim == 3
+
+
+@contextlib.contextmanager
+def _intra_op_threads(n_threads):
+    """Run the block with ``n_threads`` torch intra-op threads (None: unchanged), restoring the setting."""
+    previous = torch.get_num_threads()
+    if n_threads is None or n_threads == previous:
+        yield
+        return
+    torch.set_num_threads(n_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 @contextlib.contextmanager
@@ -163,6 +178,13 @@ class FocalHeadClassifier(ClassifierMixin, BaseEstimator):
     device : str or torch.device, default="auto"
         Torch device; ``"auto"`` picks CUDA, then MPS, then CPU. Resolved at fit time.
 
+    n_threads : int or None, default=1
+        Torch intra-op threads used while fitting and predicting (the global setting is restored after).
+        A head's operations are small: on a 2-core machine shared with other jobs, 2 threads made each
+        optimiser step about 10x slower than 1 (threads wait for each other), and on an idle machine they
+        gain less than 2x. To use more cores, run several fits in parallel (e.g. ``n_jobs`` of a search).
+        None keeps torch's current setting.
+
     random_state : int, RandomState instance or None, default=None
         Seeds weight initialisation, shuffling, augmentation draws, dropout, noise and the validation split.
         The caller's global torch RNG state is restored after fitting. With an int, fitting on CPU is
@@ -244,6 +266,7 @@ class FocalHeadClassifier(ClassifierMixin, BaseEstimator):
         "early_stopping": ["boolean"],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "device": [str, torch.device],
+        "n_threads": [None, Interval(Integral, 1, None, closed="left")],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
         "callbacks": [None, list],
@@ -270,6 +293,7 @@ class FocalHeadClassifier(ClassifierMixin, BaseEstimator):
         early_stopping=False,
         validation_fraction=0.1,
         device="auto",
+        n_threads=1,
         random_state=None,
         verbose=0,
         callbacks=None,
@@ -292,6 +316,7 @@ class FocalHeadClassifier(ClassifierMixin, BaseEstimator):
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
         self.device = device
+        self.n_threads = n_threads
         self.random_state = random_state
         self.verbose = verbose
         self.callbacks = callbacks
@@ -485,7 +510,7 @@ class FocalHeadClassifier(ClassifierMixin, BaseEstimator):
         stopper_name, stopper = self._stopper()
         callbacks = [*copy.deepcopy(list(self.callbacks or [])), (stopper_name, stopper)]
         net = self._build_net(X.shape[-1], alpha, device, callbacks, train_split)
-        with _seeded(seed, device):
+        with _seeded(seed, device), _intra_op_threads(self.n_threads):
             net.fit(train_data, y=None)
         self._store_fitted(net)
 
@@ -538,7 +563,9 @@ class FocalHeadClassifier(ClassifierMixin, BaseEstimator):
         if first_call:
             classes = np.unique(column_or_1d(classes, input_name="classes"))
             if len(classes) < 2:
-                raise ValueError(f"FocalHeadClassifier needs at least 2 classes, got classes={classes.tolist()}")
+                raise ValueError(
+                    f"FocalHeadClassifier needs at least 2 classes, got classes={classes.tolist()}"
+                )
             self.classes_ = classes
         elif classes is not None and not np.array_equal(np.unique(classes), self.classes_):
             raise ValueError(
@@ -560,7 +587,7 @@ class FocalHeadClassifier(ClassifierMixin, BaseEstimator):
             # Class weights come from the first chunk's frequencies: the later chunks are not known yet.
             alpha = self._class_weights(y_encoded, sample_weight)
             net = self._build_net(X.shape[-1], alpha, device, copy.deepcopy(list(self.callbacks or [])), None)
-            with _seeded(self._partial_fit_seed, device):
+            with _seeded(self._partial_fit_seed, device), _intra_op_threads(self.n_threads):
                 net.initialize()
         else:
             net = self.net_
@@ -577,7 +604,7 @@ class FocalHeadClassifier(ClassifierMixin, BaseEstimator):
 
         data = EmbeddingDataset(X, y_encoded, sample_weight, device=device)
         seed = None if self._partial_fit_seed is None else self._partial_fit_seed + len(net.history)
-        with _seeded(seed, device):
+        with _seeded(seed, device), _intra_op_threads(self.n_threads):
             net.partial_fit(data, y=None, epochs=1)
         self._store_fitted(net)
         return self
@@ -593,14 +620,21 @@ class FocalHeadClassifier(ClassifierMixin, BaseEstimator):
         device = torch.device(self.net_.device)
         module = self.net_.module_
         dtype = torch.float64 if device.type == "cpu" else torch.float32
-        if dtype != torch.float32:
-            module = copy.deepcopy(module).to(dtype)
+        # The module runs with float64 copies of its weights (hooks and all), leaving the fitted module as is.
+        state = {
+            name: tensor.to(dtype) if tensor.is_floating_point() else tensor
+            for name, tensor in [*module.named_parameters(), *module.named_buffers()]
+        }
         training = module.training
         module.eval()
-        batches = BatchIterator(EmbeddingDataset(X, device=device), max(int(self.batch_size), _MIN_INFERENCE_BATCH))
+        batch_size = max(int(self.batch_size), _MIN_INFERENCE_BATCH)
+        batches = BatchIterator(EmbeddingDataset(X, device=device), batch_size)
         try:
-            with torch.no_grad():
-                logits = [module(inputs.to(dtype)).cpu().double() for inputs, _ in batches]
+            with torch.no_grad(), _intra_op_threads(self.n_threads):
+                logits = [
+                    functional_call(module, state, (inputs.to(dtype),)).cpu().double()
+                    for inputs, _ in batches
+                ]
         finally:
             module.train(training)
         return torch.cat(logits)

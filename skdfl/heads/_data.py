@@ -74,7 +74,9 @@ class EmbeddingDataset(torch.utils.data.Dataset):
         if self.device.type != "cpu" and data.numel() * data.element_size() <= _MAX_DEVICE_COPY_BYTES:
             data = data.to(self.device)
         self.data = data
-        self.targets = None if y is None else torch.as_tensor(np.asarray(y, dtype=np.int64), device=self.device)
+        self.targets = (
+            None if y is None else torch.as_tensor(np.asarray(y, dtype=np.int64), device=self.device)
+        )
         self.weights = None
         if sample_weight is not None:
             weights = np.asarray(sample_weight, dtype=np.float64)
@@ -190,7 +192,9 @@ class BatchIterator:
             order = torch.randperm(n) if self.shuffle else torch.arange(n)
             for start in range(0, n, self.batch_size):
                 yield self.dataset.batch(
-                    order[start : start + self.batch_size], training=self.shuffle, mixup_alpha=self.mixup_alpha
+                    order[start : start + self.batch_size],
+                    training=self.shuffle,
+                    mixup_alpha=self.mixup_alpha,
                 )
 
 
@@ -212,7 +216,9 @@ class FeatureMoments:
         for start in range(0, len(rows), _MOMENT_CHUNK_ROWS):
             chunk_rows = rows[start : start + _MOMENT_CHUNK_ROWS]
             chunk = np.asarray(X[chunk_rows], dtype=np.float64)
-            weight = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)[chunk_rows]
+            weight = (
+                None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)[chunk_rows]
+            )
             if chunk.ndim == 3:
                 n_draws = chunk.shape[1]
                 chunk = chunk.reshape(-1, chunk.shape[2])
@@ -267,7 +273,9 @@ def validation_split(y, groups, validation_fraction, random_state):
                 f"stratified split needs at least one sample of each of the {n_classes} classes on each side; "
                 f"{advice}"
             )
-        splitter = StratifiedShuffleSplit(n_splits=1, test_size=validation_fraction, random_state=random_state)
+        splitter = StratifiedShuffleSplit(
+            n_splits=1, test_size=validation_fraction, random_state=random_state
+        )
         try:
             train_rows, valid_rows = next(splitter.split(np.zeros(n_samples), y))
         except ValueError as exc:

@@ -16,8 +16,10 @@ train in seconds.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import time
+import warnings
 from numbers import Integral
 from pathlib import Path
 
@@ -30,10 +32,17 @@ from sklearn.utils import _safe_indexing
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _num_samples, check_is_fitted, indexable
+from tqdm.auto import tqdm
 
 from ._proxy import default_head, make_splits, set_head_params
 
-__all__ = ["DEFAULT_STUDY_NAME", "HIDDEN_UNITS_CHOICES", "HeadSearchCV", "head_search_space"]
+__all__ = [
+    "DEFAULT_STUDY_NAME",
+    "HIDDEN_UNITS_CHOICES",
+    "STALE_TRIAL_RETRIES",
+    "HeadSearchCV",
+    "head_search_space",
+]
 
 #: Study name used with a persistent ``storage`` when ``study_name`` is not given, so that running the
 #: same script again resumes the same study.
@@ -106,14 +115,56 @@ def _resolve_storage(storage):
     )
 
 
+#: Times a trial left RUNNING by a killed process is retried (re-queued with the same parameters).
+STALE_TRIAL_RETRIES = 2
+
+
+def _heartbeat_storage(url: str, heartbeat_interval: int):
+    """An ``RDBStorage`` whose trials beat every ``heartbeat_interval`` s; on the next run, a trial silent for
+    two intervals (its process was killed) is marked FAIL and re-queued by Optuna's retry callback."""
+    retry_class = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
+    if retry_class is None:  # Optuna < 4.9
+        retry_class = optuna.storages.RetryFailedTrialCallback
+    keyword = (
+        "heartbeat_stale_trial_callback"
+        if "heartbeat_stale_trial_callback" in inspect.signature(optuna.storages.RDBStorage).parameters
+        else "failed_trial_callback"
+    )
+    with warnings.catch_warnings():  # the heartbeat is flagged experimental; it is what we want here
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            url,
+            heartbeat_interval=int(heartbeat_interval),
+            grace_period=2 * int(heartbeat_interval),
+            **{keyword: retry_class(max_retry=STALE_TRIAL_RETRIES)},
+        )
+
+
 @contextlib.contextmanager
 def _optuna_verbosity(verbose: int):
+    """Optuna's own log lines (study created, every trial) only at ``verbose >= 2``; restored after."""
     previous = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.INFO if verbose >= 2 else optuna.logging.WARNING)
     try:
         yield
     finally:
         optuna.logging.set_verbosity(previous)
+
+
+class _ProgressCallback:
+    """A tqdm bar over this fit's trials, showing the study's best score so far."""
+
+    def __init__(self, bar):
+        self.bar = bar
+
+    def __call__(self, study, trial):
+        if trial.state not in _FINISHED and trial.state != TrialState.FAIL:
+            return
+        self.bar.update(1)
+        try:
+            self.bar.set_postfix(best=f"{study.best_value:.4f}", refresh=False)
+        except ValueError:  # no completed trial yet (all pruned or failed)
+            pass
 
 
 def _estimator_has(attr):
@@ -152,8 +203,13 @@ class HeadSearchCV(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
     storage : None, str, path or optuna storage, default=None
         ``None``: in memory. A URL (``"sqlite:///search.db"``, ``"postgresql://..."``) or a path to an
         SQLite file: persistent and shareable between processes. An ``optuna.storages`` instance is
-        used as is (e.g. ``RDBStorage(url, heartbeat_interval=60)`` so trials of a killed process are
-        marked failed, or a ``JournalStorage`` for many processes on one file system).
+        used as is (e.g. a ``JournalStorage`` for many processes on one file system).
+    heartbeat_interval : int or None, default=60
+        With a URL or SQLite path ``storage``: seconds between the heartbeats of a running trial. When a
+        process is killed, its trial stays RUNNING; the next ``fit`` on the study marks it FAIL once it
+        has been silent for ``2 * heartbeat_interval`` s and re-queues its parameters
+        (:data:`STALE_TRIAL_RETRIES` times at most), Optuna's heartbeat with its retry callback. ``None``
+        disables it.
     study_name : str, default=None
         Study to create or resume; default :data:`DEFAULT_STUDY_NAME` with a persistent storage.
     sampler : optuna sampler, default=None
@@ -172,8 +228,10 @@ class HeadSearchCV(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
         Exceptions that mark a trial failed instead of stopping the search (e.g. ``(FloatingPointError,)``).
     random_state : int or None, default=0
         Seed of the default sampler, of the fold shuffling of an int ``cv`` and of the default head.
-    verbose : int, default=0
-        ``>= 1`` lets Optuna log every trial.
+    verbose : int, default=1
+        ``0``: silent, Optuna's INFO log lines included (its logging level is restored after ``fit``).
+        ``1``: a progress bar over this fit's trials with the best score so far. ``>= 2``: also Optuna's
+        log line for every trial.
 
     Attributes
     ----------
@@ -223,6 +281,7 @@ class HeadSearchCV(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
         cv=5,
         scoring="balanced_accuracy",
         storage=None,
+        heartbeat_interval=60,
         study_name=None,
         sampler=None,
         pruner=None,
@@ -230,7 +289,7 @@ class HeadSearchCV(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
         n_jobs=1,
         catch=(),
         random_state=0,
-        verbose=0,
+        verbose=1,
     ):
         self.estimator = estimator
         self.search_space = search_space
@@ -239,6 +298,7 @@ class HeadSearchCV(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
         self.cv = cv
         self.scoring = scoring
         self.storage = storage
+        self.heartbeat_interval = heartbeat_interval
         self.study_name = study_name
         self.sampler = sampler
         self.pruner = pruner
@@ -256,6 +316,12 @@ class HeadSearchCV(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
             raise ValueError(f"n_trials must be a positive integer or None, got {self.n_trials!r}")
         if self.timeout is not None and not self.timeout > 0:
             raise ValueError(f"timeout must be positive or None, got {self.timeout!r}")
+        if self.heartbeat_interval is not None and not (
+            isinstance(self.heartbeat_interval, Integral) and self.heartbeat_interval >= 1
+        ):
+            raise ValueError(
+                f"heartbeat_interval must be a positive integer (seconds) or None, got {self.heartbeat_interval!r}"
+            )
         if not (isinstance(self.n_jobs, Integral) and (self.n_jobs >= 1 or self.n_jobs == -1)):
             raise ValueError(f"n_jobs must be a positive integer or -1, got {self.n_jobs!r}")
         if self.random_state is not None and not isinstance(self.random_state, Integral):
@@ -268,6 +334,8 @@ class HeadSearchCV(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
 
     def _create_study(self, signature: dict) -> optuna.study.Study:
         storage = _resolve_storage(self.storage)
+        if isinstance(storage, str) and self.heartbeat_interval is not None:
+            storage = _heartbeat_storage(storage, self.heartbeat_interval)
         study_name = self.study_name
         if study_name is None and storage is not None:
             study_name = DEFAULT_STUDY_NAME
@@ -334,7 +402,8 @@ class HeadSearchCV(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
             "classes": [str(c) for c in np.unique(y)],
             "scoring": str(self.scoring) if isinstance(self.scoring, str) else repr(self.scoring),
         }
-        study = self._create_study(signature)
+        with _optuna_verbosity(self.verbose):  # creating a study logs at INFO level
+            study = self._create_study(signature)
 
         def objective(trial):
             params = search_space(trial)
@@ -357,14 +426,17 @@ class HeadSearchCV(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
             if self.n_trials is not None:
                 # Other processes may be filling the same study: stop when it holds n_trials in total.
                 callbacks.append(optuna.study.MaxTrialsCallback(self.n_trials, states=_FINISHED))
-            with _optuna_verbosity(self.verbose):
+            with (
+                _optuna_verbosity(self.verbose),
+                tqdm(total=remaining, desc="HeadSearchCV", unit="trial", disable=not self.verbose) as bar,
+            ):
                 study.optimize(
                     objective,
                     n_trials=remaining,
                     timeout=self.timeout,
                     n_jobs=self.n_jobs,
                     catch=tuple(self.catch),
-                    callbacks=callbacks,
+                    callbacks=[*callbacks, _ProgressCallback(bar)],
                 )
 
         completed = [t for t in study.trials if t.state == TrialState.COMPLETE]

@@ -15,6 +15,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+# Every temporary file skdfl writes starts with this: stores and caches recognise them as their own.
+TMP_PREFIX = ".tmp-"
+
 
 def _current_umask() -> int:
     # Linux reports the umask in /proc without changing it; elsewhere os.umask can only be read by setting
@@ -31,8 +34,22 @@ def _current_umask() -> int:
     return mask
 
 
-def _file_mode() -> int:
+def default_file_mode() -> int:
+    """The permissions ``open(path, "w")`` gives a new file now: ``0o666`` less the current umask."""
     return 0o666 & ~_current_umask()
+
+
+def error_naming(exc: OSError, path: str | os.PathLike, doing: str) -> OSError:
+    """``exc`` (same class and errno) with ``path`` as its filename and ``doing`` in its message.
+
+    ``write``/``fsync`` on a full disk raise ``[Errno 28] No space left on device`` with no filename; the
+    user must learn which file (and so which disk) it was.
+    """
+    reason = exc.strerror or str(exc)
+    if exc.errno is None:
+        return OSError(f"{reason} ({doing}): {os.fspath(path)}")
+    # OSError(errno, ...) picks the subclass by errno (PermissionError, FileNotFoundError...) itself.
+    return OSError(exc.errno, f"{reason} ({doing})", os.fspath(path))
 
 
 def atomic_write(path: str | os.PathLike, data: bytes, *, fsync: bool = False) -> None:
@@ -52,21 +69,26 @@ def atomic_write(path: str | os.PathLike, data: bytes, *, fsync: bool = False) -
         process).
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=path.suffix, dir=path.parent)
+    except OSError as exc:
+        raise error_naming(exc, path, "creating a temporary file beside it") from exc
     try:
         with os.fdopen(fd, "wb") as f:
             if hasattr(os, "fchmod"):  # POSIX; Windows has no permission bits to fix
-                os.fchmod(f.fileno(), _file_mode())
+                os.fchmod(f.fileno(), default_file_mode())
             f.write(data)
             if fsync:
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(exc, OSError):
+            raise error_naming(exc, path, "writing") from exc
         raise
 
 
@@ -79,11 +101,11 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".tmp-{dest.name}.", suffix=".part")
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f"{TMP_PREFIX}{dest.name}.", suffix=".part")
     os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, _file_mode())
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):
@@ -95,4 +117,11 @@ def atomic_write_json(path: str | os.PathLike, obj, *, fsync: bool = False) -> N
     atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode(), fsync=fsync)
 
 
-__all__ = ["atomic_path", "atomic_write", "atomic_write_json"]
+__all__ = [
+    "TMP_PREFIX",
+    "atomic_path",
+    "atomic_write",
+    "atomic_write_json",
+    "default_file_mode",
+    "error_naming",
+]

@@ -18,8 +18,9 @@ Content keys of cells
 ---------------------
 :func:`content_key` gives one cell of ``X`` a stable identity without embedding it:
 
-* an array: sha256 of its shape and uint8 pixels (after the float-to-uint8 conversion of
-  :func:`skdfl.io.read_image`, so a float and a uint8 copy of one image share an entry);
+* an array, a PIL image or a tensor: sha256 of its shape and uint8 pixels as
+  :func:`skdfl.io.read_image` returns them (so a float and a uint8 copy of one image, or an array and a
+  PIL image of it, share an entry);
 * a file path, with ``file_key="stat"`` (default): absolute path, size and modification time in
   nanoseconds. Costs one ``stat``, reads nothing, so a warm cache never touches the image files; a file
   rewritten in place with the same size within the filesystem's timestamp granularity would be missed, and
@@ -99,20 +100,17 @@ def content_key(cell, *, file_key: str = "stat", where: str = "image") -> str:
         except FileNotFoundError:
             raise ImageReadError(f"image file not found: {path}") from None
         return hashlib.sha256(f"file|{path}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
-    if isinstance(cell, np.ndarray):
-        img = np.ascontiguousarray(read_image(cell, where))
-        h = hashlib.sha256(f"array|{img.shape}|".encode())
-        h.update(memoryview(img).cast("B"))
-        return h.hexdigest()
     if isinstance(cell, ImageSource):
         key = cell.content_key()
         if not isinstance(key, str) or not key:
             raise TypeError(f"{where}: {cell!r}.content_key() returned {key!r}; it must be a non-empty str")
         return hashlib.sha256(f"source|{key}".encode()).hexdigest()
-    raise TypeError(
-        f"{where}: cannot build a cache key for a cell of type {type(cell).__name__}; the cache supports image "
-        "arrays, file paths and ImageSource objects (use cache=None for other inputs)"
-    )
+    # Arrays, PIL images and tensors: keyed by their pixels as read_image returns them, so one image in any
+    # of these forms has one entry. read_image names the cell when it is missing or of no image type.
+    img = np.ascontiguousarray(read_image(cell, where))
+    h = hashlib.sha256(f"array|{img.shape}|".encode())
+    h.update(memoryview(img).cast("B"))
+    return h.hexdigest()
 
 
 def namespace_id(description: dict) -> str:

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._atomic import atomic_write
+from ._atomic import atomic_write, error_naming
 
 META_FILE = "store.json"
 DATA_FILE = "embeddings.npy"
 CHUNKS_DIR = "chunks"
 INDEX_FILE = "index.json"
+LOCK_FILE = ".skdfl-store.lock"
 
 
 def chunk_bounds(n: int, chunk_size: int) -> list[tuple[int, int, int]]:
@@ -51,15 +52,19 @@ class ChunkWriter:
             hint = "; use dtype='float32'" if self.dtype == "float16" else ""
             raise FloatingPointError(f"chunk {chunk} (rows {start}-{stop}): non-finite embeddings in {self.dtype}{hint}")
         buf = memoryview(data).cast("B")
-        fd = os.open(os.path.join(self.path, DATA_FILE), os.O_WRONLY)
+        data_file = os.path.join(self.path, DATA_FILE)
         try:
-            pos, done = self.offset + start * self.n_features * data.itemsize, 0
-            while done < len(buf):
-                done += os.pwrite(fd, buf[done:], pos + done)
-            # The rows must be on disk before their marker can exist (power-loss ordering).
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            fd = os.open(data_file, os.O_WRONLY)
+            try:
+                pos, done = self.offset + start * self.n_features * data.itemsize, 0
+                while done < len(buf):
+                    done += os.pwrite(fd, buf[done:], pos + done)
+                # The rows must be on disk before their marker can exist (power-loss ordering).
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise error_naming(exc, data_file, f"writing rows {start}-{stop} of the store") from exc
         marker = {"chunk": chunk, "start": start, "stop": stop, "crc32": zlib.crc32(buf)}
         atomic_write(marker_path(self.path, chunk), json.dumps(marker).encode())
         return marker
@@ -82,6 +87,7 @@ __all__ = [
     "CHUNKS_DIR",
     "DATA_FILE",
     "INDEX_FILE",
+    "LOCK_FILE",
     "META_FILE",
     "ChunkWriter",
     "chunk_bounds",

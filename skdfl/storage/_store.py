@@ -28,26 +28,30 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import zlib
 from collections.abc import Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from filelock import FileLock, Timeout
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
-from ..io import as_sources
+from ..io import ImageReadError, as_sources
 from ..views import View, feature_names
-from ._atomic import atomic_write_json
+from ._atomic import TMP_PREFIX, atomic_write_json, default_file_mode, error_naming
 from ._cache import content_key
 from ._chunks import (
     CHUNKS_DIR,
     DATA_FILE,
     INDEX_FILE,
+    LOCK_FILE,
     META_FILE,
     ChunkWriter,
     chunk_bounds,
@@ -57,6 +61,8 @@ from ._chunks import (
 from ._memmap import open_store_array, register_dask_serializers
 
 STORE_FORMAT = 1
+# Progress bars appear only for jobs still running after this long (tqdm's delay): no flash on small calls.
+PROGRESS_DELAY_S = 2.0
 DTYPES = ("float32", "float16")
 # What an embedder must offer the store: the public extraction protocol of BackboneEmbedder.
 _EMBEDDER_PROTOCOL = ("embed_rows", "check_sources", "embedding_signature")
@@ -81,7 +87,8 @@ def _first_sample(X):
 def _cell_key(cell) -> str:
     try:
         return content_key(cell)
-    except TypeError:
+    except (TypeError, ImageReadError):
+        # A cell that cannot be read is reported, naming its sample and source, when it is embedded.
         return hashlib.sha256(f"{type(cell).__qualname__}|{cell!r}".encode()).hexdigest()
 
 
@@ -147,17 +154,50 @@ def _remove_store(path: Path) -> None:
 
 
 def _create_store(path: Path, meta: dict, index: pd.Index | None) -> None:
-    path.mkdir(parents=True, exist_ok=True)
+    """Write a new, empty store; on any failure (a full disk...) remove what was written and re-raise."""
     _remove_store(path)  # leftovers of a creation interrupted before store.json existed
-    (path / CHUNKS_DIR).mkdir()
-    shape, dtype = tuple(meta["shape"]), np.dtype(meta["dtype"])
-    tmp = path / f".tmp-{DATA_FILE}"
-    # open_memmap seeks to the end and writes one byte: a sparse file, nothing is zero-filled in RAM.
-    np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)._mmap.close()
-    os.replace(tmp, path / DATA_FILE)
-    if index is not None:
-        pd.DataFrame(index=index).to_json(path / INDEX_FILE, orient="table")
-    _write_meta(path, meta)  # last: a folder without store.json is not a store
+    tmp = path / f"{TMP_PREFIX}{DATA_FILE}"
+    try:
+        (path / CHUNKS_DIR).mkdir()
+        shape, dtype = tuple(meta["shape"]), np.dtype(meta["dtype"])
+        # open_memmap seeks to the end and writes one byte: a sparse file, nothing is zero-filled in RAM.
+        np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)._mmap.close()
+        os.replace(tmp, path / DATA_FILE)
+        if index is not None:
+            pd.DataFrame(index=index).to_json(path / INDEX_FILE, orient="table")
+        _write_meta(path, meta)  # last: a folder without store.json is not a store
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        _remove_store(path)
+        if isinstance(exc, OSError):
+            raise error_naming(exc, path, "creating the embedding store") from exc
+        raise
+
+
+def _foreign_entries(path: Path) -> list[str]:
+    """Names in the folder ``path`` that no store writes (its files, lock, temporary files)."""
+    ours = {META_FILE, DATA_FILE, INDEX_FILE, CHUNKS_DIR, LOCK_FILE}
+    return sorted(p.name for p in path.iterdir() if p.name not in ours and not p.name.startswith(TMP_PREFIX))
+
+
+@contextmanager
+def _store_lock(path: Path, verbose: int):
+    """Hold the store's lock file: one extraction at a time per store, across threads and processes.
+
+    A second ``extract_to_store`` on the same path (another process, a double-clicked job) waits for the
+    first, then finds its chunks done. The OS releases the lock of a killed process.
+    """
+    lock = FileLock(path / LOCK_FILE, mode=default_file_mode())
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if verbose:
+            print(f"waiting for another extraction into {path} to finish", file=sys.stderr, flush=True)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _done_chunks(path: Path, bounds, *, verify: bool) -> dict[int, dict]:
@@ -181,10 +221,16 @@ def _done_chunks(path: Path, bounds, *, verify: bool) -> dict[int, dict]:
 
 
 def _describe(embedder, n: int, dtype: str, chunk_size: int, digest: str, index) -> dict:
+    # An augmentation bank multiplies the columns (augmentation-major); a stain colour depends on its
+    # reference image. Both change the numbers without changing the embedder's per-view signature.
+    augmentations = list(getattr(embedder, "augmentations_", ["identity"]))
+    stain = {color: normalizer.fingerprint() for color, normalizer in getattr(embedder, "stain_normalizers_", {}).items()}
     return {
         "format": STORE_FORMAT,
         "complete": False,
-        "shape": [n, len(embedder.views_) * embedder.embedding_dim_],
+        "shape": [n, len(augmentations) * len(embedder.views_) * embedder.embedding_dim_],
+        "augmentations": augmentations,
+        "stain": stain,
         "dtype": dtype,
         "chunk_size": chunk_size,
         "n_chunks": -(-n // chunk_size),
@@ -196,7 +242,54 @@ def _describe(embedder, n: int, dtype: str, chunk_size: int, digest: str, index)
     }
 
 
-_MUST_MATCH = ("format", "shape", "dtype", "chunk_size", "views", "embedding", "input_digest")
+def _extract_locked(path, X, sources, embedder, meta, index, n, chunk_size, *, resume, overwrite, verify,
+                    client, write_on, verbose) -> None:
+    """The body of :func:`extract_to_store`, run while holding the store's lock."""
+    old = _read_meta(path)
+    if old is not None and overwrite:
+        old = None
+    if old is not None:
+        if not resume:
+            raise FileExistsError(f"{path} already holds an embedding store; pass resume=True or overwrite=True")
+        # Stores written before augmentation banks and stain colours existed had neither.
+        old = {"augmentations": ["identity"], "stain": {}, **old}
+        diff = [k for k in _MUST_MATCH if old.get(k) != meta[k]]
+        if diff:
+            raise StoreMismatchError(
+                f"the store at {path} was made by a different extraction (differs in: {', '.join(diff)}); "
+                "pass overwrite=True to replace it or choose another path"
+            )
+    if old is None:
+        if _foreign_entries(path):
+            raise FileExistsError(f"{path} is a non-empty folder that is not an embedding store; choose another path")
+        _create_store(path, meta, index)
+
+    bounds = chunk_bounds(n, chunk_size)
+    done = _done_chunks(path, bounds, verify=verify and old is not None)
+    pending = [b for b in bounds if b[0] not in done]
+    if pending or not (old or {}).get("complete"):
+        if (old or {}).get("complete"):
+            _write_meta(path, {**old, "complete": False})  # a repair is under way
+        writer = ChunkWriter(str(path), meta["dtype"], meta["shape"][1], _data_offset(path / DATA_FILE))
+        rows_done = n - sum(stop - start for _, start, stop in pending)
+        with tqdm(total=n, initial=rows_done, desc="extracting", unit="sample", disable=not verbose,
+                  delay=PROGRESS_DELAY_S) as bar:
+            progress = lambda marker: bar.update(marker["stop"] - marker["start"])  # noqa: E731
+            if client is not None:
+                from ._dask import extract_distributed
+
+                extract_distributed(X, embedder, writer, pending, client, callback=progress, write_on=write_on)
+            else:
+                for k, start, stop in pending:
+                    progress(extract_chunk(embedder, sources, writer, k, start, stop))
+        missing = set(range(len(bounds))) - set(_done_chunks(path, bounds, verify=False))
+        if missing:
+            raise IncompleteStoreError(f"{path}: chunks {sorted(missing)[:10]} were not written; run again to resume")
+        _write_meta(path, {**meta, "complete": True})
+
+
+_MUST_MATCH = ("format", "shape", "dtype", "chunk_size", "views", "augmentations", "stain", "embedding",
+               "input_digest")
 
 
 def extract_to_store(
@@ -245,12 +338,20 @@ def extract_to_store(
         With ``client``: who writes the rows. ``"workers"`` needs ``path`` on a filesystem every worker
         sees; ``"client"`` ships the rows back to this process instead.
     verbose : int, default=1
-        ``0`` is silent; ``>=1`` shows a progress bar over samples.
+        ``0`` is silent; ``>=1`` shows a progress bar over samples once the extraction has run for
+        2 seconds.
 
     Returns
     -------
     EmbeddingStore
         The finished store, read back memory-mapped (:func:`load_store`).
+
+    Notes
+    -----
+    One extraction at a time writes a store: calls on the same ``path`` (threads, processes, jobs on one
+    shared filesystem) take turns through a lock file in the folder (``filelock``); a later one finds the
+    chunks of the earlier done. A failure to create the store (a full or read-only disk) removes what was
+    written and raises an ``OSError`` naming the folder.
     """
     if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
@@ -265,45 +366,13 @@ def extract_to_store(
     embedder = _prepare_embedder(embedder, X, sources)
     meta = _describe(embedder, n, dtype, int(chunk_size), _input_digest(sources, n, int(chunk_size)), index)
 
-    old = _read_meta(path) if path.is_dir() else None
-    if old is not None and overwrite:
-        old = None
-    if old is not None:
-        if not resume:
-            raise FileExistsError(f"{path} already holds an embedding store; pass resume=True or overwrite=True")
-        diff = [k for k in _MUST_MATCH if old.get(k) != meta[k]]
-        if diff:
-            raise StoreMismatchError(
-                f"the store at {path} was made by a different extraction (differs in: {', '.join(diff)}); "
-                "pass overwrite=True to replace it or choose another path"
-            )
-    if old is None:
-        ours = {META_FILE, DATA_FILE, INDEX_FILE, CHUNKS_DIR, f".tmp-{DATA_FILE}"}
-        if path.is_dir() and any(p.name not in ours for p in path.iterdir()):
-            raise FileExistsError(f"{path} is a non-empty folder that is not an embedding store; choose another path")
-        _create_store(path, meta, index)
-
-    bounds = chunk_bounds(n, int(chunk_size))
-    done = _done_chunks(path, bounds, verify=verify and old is not None)
-    pending = [b for b in bounds if b[0] not in done]
-    if pending or not (old or {}).get("complete"):
-        if (old or {}).get("complete"):
-            _write_meta(path, {**old, "complete": False})  # a repair is under way
-        writer = ChunkWriter(str(path), dtype, meta["shape"][1], _data_offset(path / DATA_FILE))
-        rows_done = n - sum(stop - start for _, start, stop in pending)
-        with tqdm(total=n, initial=rows_done, desc="extracting", unit="img", disable=not verbose) as bar:
-            progress = lambda marker: bar.update(marker["stop"] - marker["start"])  # noqa: E731
-            if client is not None:
-                from ._dask import extract_distributed
-
-                extract_distributed(X, embedder, writer, pending, client, callback=progress, write_on=write_on)
-            else:
-                for k, start, stop in pending:
-                    progress(extract_chunk(embedder, sources, writer, k, start, stop))
-        missing = set(range(len(bounds))) - set(_done_chunks(path, bounds, verify=False))
-        if missing:
-            raise IncompleteStoreError(f"{path}: chunks {sorted(missing)[:10]} were not written; run again to resume")
-        _write_meta(path, {**meta, "complete": True})
+    if path.is_dir() and _read_meta(path) is None and _foreign_entries(path):
+        raise FileExistsError(f"{path} is a non-empty folder that is not an embedding store; choose another path")
+    path.mkdir(parents=True, exist_ok=True)
+    with _store_lock(path, verbose):
+        _extract_locked(path, X, sources, embedder, meta, index, n, int(chunk_size),
+                        resume=resume, overwrite=overwrite, verify=verify, client=client, write_on=write_on,
+                        verbose=verbose)
     return load_store(path)
 
 
@@ -373,7 +442,9 @@ def load_store(path, *, allow_partial: bool = False, verify: bool = False) -> Em
     index = None
     if meta.get("has_index"):
         index = pd.read_json(path / INDEX_FILE, orient="table").index
-    return EmbeddingStore(path, embeddings, feature_names(views, meta["embedding_dim"]), index, meta)
+    augmentations = meta.get("augmentations", ["identity"])
+    names = feature_names(views, meta["embedding_dim"], augmentations if len(augmentations) > 1 else None)
+    return EmbeddingStore(path, embeddings, names, index, meta)
 
 
 def iter_chunks(store: EmbeddingStore, size: int = 65536) -> Iterable[tuple[int, np.ndarray]]:

@@ -1,0 +1,132 @@
+"""The GPU path: bare forward vs ``BackboneEmbedder.transform`` img/s on real files, plus head-fit times.
+
+For ResNet-50 and ViT-B/16 (random init: the forward cost does not depend on the weights' values) at batch
+256, on three kinds of real files from ``../shared/data``: small PNG (IDC 50x50), large PNG (BreakHis
+700x460) and JPEG (the same BreakHis images re-encoded to JPEG q90 in a temporary folder, what slide tiles
+are). The bare side is the same module, precision and memory format fed ready-made normalised tensors already
+on the device: the hardware limit. Target on a GPU: skdfl >= 0.9 x bare on every row. Head fits:
+``FocalHeadClassifier()`` and ``LogisticRegression`` on 4,000 x 1,024 random features with a signal.
+
+``--device cpu --quick`` runs tiny sizes (what tests/test_bench_gpu.py checks); on one GPU the full run takes
+< 8 minutes.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import _common as C
+import numpy as np
+import torch
+from PIL import Image
+
+from skdfl import BackboneEmbedder
+from skdfl._device import autocast, resolve_precision
+
+MODELS = {"resnet50": "ResNet-50", "vit_base_patch16_224": "ViT-B/16"}
+QUICK_MODELS = {"resnet18": "ResNet-18"}
+
+
+def _file_sets(root: Path, n: int, tmp: Path, seed: int) -> dict[str, list[str]]:
+    rng = np.random.default_rng(seed)
+    idc = C.load_idc(root)["path"].to_numpy()
+    bh = C.load_breakhis(root)["path"].to_numpy()
+    small = rng.choice(idc, min(n, len(idc)), replace=False).tolist()
+    # Few BreakHis files exist: repeat them to fill the count (the OS file cache serves repeats, as it would
+    # serve a hot dataset; decoding is still paid every time).
+    large = [str(bh[k % len(bh)]) for k in rng.permutation(max(n, len(bh)))[:n]]
+    jpeg = []
+    for path in sorted(set(large)):
+        out = tmp / (Path(path).stem + ".jpg")
+        Image.open(path).convert("RGB").save(out, quality=90)
+        jpeg.append(str(out))
+    jpeg = [jpeg[k % len(jpeg)] for k in range(n)]
+    return {"IDC 50x50 PNG": small, "BreakHis 700x460 PNG": large, "BreakHis 700x460 JPEG": jpeg}
+
+
+def run_row(model: str, label: str, set_name: str, paths: list[str], args, device) -> dict:
+    emb = BackboneEmbedder(model, pretrained=False, batch_size=args.batch_size, device=device, verbose=0,
+                           compile=args.compile, image_size=args.image_size)  # fmt: skip
+    emb.fit(paths[:1])
+    dtype = resolve_precision(emb.precision, device)
+    memory_format = torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
+    module = emb.module_.to(device=device, memory_format=memory_format)
+    batches = C.bare_batches(emb, paths, device)
+
+    def bare():
+        with torch.inference_mode(), autocast(device, dtype):
+            return [module(x.contiguous(memory_format=memory_format)).float().cpu() for x in batches]
+
+    times = C.interleaved({"bare": bare, "skdfl": lambda: emb.transform(paths)}, repeats=args.repeats,
+                          warmup=1, device=device)  # fmt: skip
+    n = len(paths)
+    row = {
+        "model": label, "images": set_name, "n": n, "batch": args.batch_size,
+        "precision": str(dtype).replace("torch.", "") if dtype else "fp32",
+        "bare_img_s": n / float(np.median(times["bare"])), "skdfl_img_s": n / float(np.median(times["skdfl"])),
+        "ratio": C.median_ratio(times["bare"], times["skdfl"]),
+        "times_s": {k: [round(t, 4) for t in v] for k, v in times.items()},
+    }  # fmt: skip
+    print(f"  {label:10s} {set_name:24s} bare {row['bare_img_s']:8.1f} img/s  skdfl {row['skdfl_img_s']:8.1f}"
+          f" img/s  ratio {row['ratio']:.3f}", flush=True)  # fmt: skip
+    return row
+
+
+def head_fits(n: int, d: int, device, seed: int) -> list[dict]:
+    from sklearn.linear_model import LogisticRegression
+
+    from skdfl import FocalHeadClassifier
+
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    X = (rng.normal(size=(n, d)) + 0.5 * y[:, None] * (np.arange(d) < 32)).astype(np.float32)
+    heads = {"FocalHeadClassifier()": FocalHeadClassifier(device=str(device)), "LogisticRegression":
+             LogisticRegression(max_iter=1000)}  # fmt: skip
+    rows = []
+    for name, head in heads.items():
+        t0 = time.perf_counter()
+        head.fit(X, y)
+        seconds = time.perf_counter() - t0
+        rows.append({"head": name, "n": n, "d": d, "fit_s": seconds, "train_accuracy": float(head.score(X, y))})
+        print(f"  {name:24s} fit {seconds:.2f} s on {n}x{d}", flush=True)
+    return rows
+
+
+def main():
+    p = C.parser("gpu", __doc__)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--compile", action="store_true", help="also torch.compile the backbone (both sides)")
+    args = p.parse_args()
+    C.quiet_warnings()
+    t_start = time.perf_counter()
+    root, device = C.data_root(args), C.device_of(args)
+    args.batch_size = args.batch_size or (8 if args.quick else 256)
+    args.repeats = args.repeats or (2 if args.quick else 3)
+    args.image_size = 64 if args.quick else None
+    n_images = 16 if args.quick else 1024
+    models = QUICK_MODELS if args.quick else MODELS
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        sets = _file_sets(root, n_images, Path(tmp), args.seed)
+        for model, label in models.items():
+            for set_name, paths in sets.items():
+                rows.append(run_row(model, label, set_name, paths, args, device))
+    head_rows = head_fits(400 if args.quick else 4000, 64 if args.quick else 1024, device, args.seed)
+    table = C.md_table(rows, [
+        ("model", "backbone", ""), ("images", "images", ""), ("n", "n", "d"), ("precision", "precision", ""),
+        ("bare_img_s", "bare forward img/s", ".1f"), ("skdfl_img_s", "skdfl img/s", ".1f"),
+        ("ratio", "skdfl / bare", ".3f"),
+    ])  # fmt: skip
+    head_table = C.md_table(head_rows, [("head", "head", ""), ("n", "n", "d"), ("d", "d", "d"), ("fit_s", "fit s", ".2f")])
+    print(f"\n### GPU path (batch {args.batch_size}, random-init weights)\n\n{table}\n\n{head_table}")
+    config = {"models": models, "n_images": n_images, "batch_size": args.batch_size, "repeats": args.repeats,
+              "compile": args.compile, "weights": "random init (same forward cost as pretrained)"}  # fmt: skip
+    C.write_result(args, "gpu", config=config, results={"extraction": rows, "heads": head_rows},
+                   tables=[table, head_table], device=device, seconds=time.perf_counter() - t_start)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""The accelerator path of the extraction loop, checked without an accelerator (mocks) and torch.compile on CPU."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import skdfl.embedder as embedder_module
+from skdfl import BackboneEmbedder
+
+
+class _LoaderBuilt(Exception):
+    pass
+
+
+def _tiny(**kwargs) -> BackboneEmbedder:
+    params = dict(backbone="resnet18", pretrained=False, image_size=32, precision="fp32", verbose=0)
+    return BackboneEmbedder(**(params | kwargs))
+
+
+@pytest.fixture
+def images():
+    return np.random.default_rng(0).integers(0, 256, size=(10, 32, 32, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize(("device", "pinned"), [("cuda", True), ("cpu", False)])
+def test_loader_pins_memory_on_cuda_and_resolves_auto_workers(monkeypatch, images, one_torch_thread, device, pinned):
+    emb = _tiny(batch_size=4).fit(images)
+    seen = {}
+
+    def fake_loader(dataset, **kwargs):
+        seen.update(kwargs)
+        raise _LoaderBuilt
+
+    monkeypatch.setattr(embedder_module, "DataLoader", fake_loader)
+    monkeypatch.setattr("skdfl._device.available_cpus", lambda: 16)
+    emb.set_params(device=device)
+    with pytest.raises(_LoaderBuilt):  # the loader is built before anything touches the device
+        emb.transform(images)
+    assert seen["pin_memory"] is pinned
+    # "auto": 15 spare cores on a 16-core GPU box but only 3 batches of 4; 2 workers on a 16-core CPU box.
+    assert seen["num_workers"] == (3 if device == "cuda" else 2)
+
+
+def test_batches_are_normalised_on_the_device_from_uint8(images, one_torch_thread):
+    emb = _tiny(batch_size=4).fit(images)
+    batch = next(iter(torch.utils.data.DataLoader(emb.view_dataset({"image": images}), batch_size=4)))
+    assert batch.dtype == torch.uint8  # 4x less to pin and copy than float32
+
+
+def _inductor_unusable() -> str | None:
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        return "torch.compile's CPU backend (inductor) needs a C compiler, none found"
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_inductor_unusable() is not None, reason=str(_inductor_unusable()))
+def test_compile_gives_the_eager_embeddings(images, one_torch_thread):
+    eager = _tiny(batch_size=5).fit(images)
+    compiled = _tiny(batch_size=5, compile=True).fit(images)
+    np.testing.assert_allclose(compiled.transform(images), eager.transform(images), rtol=1e-3, atol=1e-4)
+    compiled.transform(images)  # second call reuses the compiled module
+    assert len(embedder_module._COMPILED[compiled.module_]) == 1
