@@ -235,9 +235,17 @@ def fit_and_score(config: dict, data: dict, seed: int, train: np.ndarray, test: 
     }
 
 
+def _resolved(config: dict) -> dict:
+    """The config with the head's parameters in full, so that a change of skdfl's defaults changes the key."""
+    if config["kind"] != "head":
+        return config
+    defaults = {k: v for k, v in FocalHeadClassifier().get_params().items() if k != "callbacks"}
+    return {**config, "params": {**defaults, **config["params"]}}
+
+
 def _task_key(data: dict, config: dict, seed: int, fold: int) -> str:
     blob = json.dumps(
-        {"data": data["fingerprint"], "config": config, "seed": seed, "fold": fold},
+        {"data": data["fingerprint"], "config": _resolved(config), "seed": seed, "fold": fold},
         sort_keys=True,
         default=str,
     )

@@ -91,8 +91,9 @@ def test_stops_when_the_training_loss_plateaus_without_warning():
     assert head.n_iter_ < 500
     losses = np.asarray(head.history_[:, "train_loss"])
     best_before = losses[: -head.n_iter_no_change].min()
-    # The last n_iter_no_change epochs did not beat the best earlier loss by tol.
+    # The last n_iter_no_change epochs did not beat the best earlier loss by tol, and training ran until then.
     assert losses[-head.n_iter_no_change :].min() > best_before - head.tol
+    assert losses[: -head.n_iter_no_change].argmin() == len(losses) - head.n_iter_no_change - 1
 
 
 def test_default_pipeline_converges_on_small_data_without_warning():

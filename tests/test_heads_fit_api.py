@@ -250,3 +250,15 @@ def test_partial_fit_errors(blobs):
         head.partial_fit(X, y, classes=[0, 1])
     with pytest.raises(ValueError, match="X has 4 features, but FocalHeadClassifier is expecting 6"):
         head.partial_fit(X[:, :4], y)
+
+
+def test_partial_fit_is_one_pass_whatever_min_steps_per_epoch(blobs):
+    X, y = blobs
+    head = FocalHeadClassifier(hidden_units=(8,), batch_size=16, min_steps_per_epoch=50, random_state=0)
+    head.partial_fit(X[:40], y[:40], classes=[0, 1, 2])
+    head.partial_fit(X[40:100], y[40:100])
+    assert head.history_[:, "train_batch_count"] == [3, 4]  # ceil(40 / 16), ceil(60 / 16)
+    fitted = FocalHeadClassifier(hidden_units=(8,), batch_size=16, min_steps_per_epoch=50, max_epochs=1).fit(X, y)
+    assert fitted.history_[:, "train_batch_count"] == [56]  # fit: 8 batches per pass, 7 passes >= 50 steps
+    fitted.partial_fit(X, y)
+    assert fitted.history_[:, "train_batch_count"] == [56, 8]

@@ -160,7 +160,8 @@ class FocalHeadClassifier(ClassifierMixin, BaseEstimator):
         looking at single noisy batches. 1 makes an epoch exactly one pass.
 
     tol : float, default=1e-4
-        Minimum decrease of the monitored loss (mean focal loss over an epoch) that counts as an improvement.
+        Minimum decrease of the monitored loss (mean focal loss over an epoch) below the best loss so far that
+        counts as an improvement, as in scikit-learn's MLP.
 
     n_iter_no_change : int, default=10
         Epochs without an improvement of at least ``tol`` after which training stops (the patience of early
@@ -528,11 +529,12 @@ class FocalHeadClassifier(ClassifierMixin, BaseEstimator):
 
     @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y, classes=None, sample_weight=None):
-        """Train the head for one epoch on ``(X, y)``, continuing from the previous call.
+        """Train the head for one pass over ``(X, y)``, continuing from the previous call.
 
         Use it to train on data that does not fit in memory, chunk by chunk (e.g. slices of a memory-mapped
-        store). Weights and the optimiser's state carry over between calls; ``early_stopping`` and the
-        convergence test do not apply. Feature statistics (for ``noise_scale`` and ``feature_dropout``)
+        store), calling it again for more epochs. Weights and the optimiser's state carry over between calls;
+        ``early_stopping``, the convergence test and ``min_steps_per_epoch`` do not apply (a call is exactly one
+        pass, as in scikit-learn). Feature statistics (for ``noise_scale`` and ``feature_dropout``)
         accumulate over the chunks seen so far.
 
         Parameters
@@ -602,6 +604,8 @@ class FocalHeadClassifier(ClassifierMixin, BaseEstimator):
                     module.noise.scale.copy_(torch.as_tensor(noise_scale))
                 module.feature_dropout.center.copy_(torch.as_tensor(feature_center))
 
+        # One pass per call; set directly, since skorch's set_params re-initialises on iterator parameters.
+        net.iterator_train__min_steps = 1
         data = EmbeddingDataset(X, y_encoded, sample_weight, device=device)
         seed = None if self._partial_fit_seed is None else self._partial_fit_seed + len(net.history)
         with _seeded(seed, device), _intra_op_threads(self.n_threads):
