@@ -33,8 +33,8 @@ def test_help_lists_every_command_of_the_table(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    assert "{demo,backbones,fetch-weights,select,embed,tile,heatmap}" in text
-    assert len(COMMANDS) == 7
+    assert "{demo,backbones,fetch-weights,select,embed,tile,heatmap,pretrain}" in text
+    assert len(COMMANDS) == 8
     assert build_parser().parse_args(["embed", "in", "out", "--backbone", "resnet18"]).command == "embed"
 
 

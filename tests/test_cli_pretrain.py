@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
@@ -10,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from skdfl.cli._pretrain import add_pretrain_parser
+from skdfl.cli import main
 from skdfl.embedder import BackboneEmbedder
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -19,10 +18,7 @@ FAST = ["--backbone", "resnet10t", "--image-size", "32", "--batch-size", "4", "-
 
 
 def run(argv) -> int:
-    parser = argparse.ArgumentParser(prog="skdfl")
-    add_pretrain_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return main(argv)
 
 
 @pytest.fixture

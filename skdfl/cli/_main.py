@@ -10,6 +10,7 @@ from ._backbones import add_backbones_parser, add_fetch_weights_parser
 from ._demo import add_demo_parser
 from ._embed import add_embed_parser
 from ._heatmap import add_heatmap_parser
+from ._pretrain import add_pretrain_parser
 from ._select import add_select_parser
 from ._tile import add_tile_parser
 
@@ -26,6 +27,7 @@ COMMANDS = (
     add_embed_parser,
     add_tile_parser,
     add_heatmap_parser,
+    add_pretrain_parser,
 )
 
 
