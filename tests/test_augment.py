@@ -34,8 +34,16 @@ def images(n=4, seed=0):
 
 
 def embedder(**params):
-    return BackboneEmbedder("resnet18", pretrained=False, image_size=SIZE, resize="none", verbose=0,
-                            num_workers=0, precision="fp32", **params)
+    return BackboneEmbedder(
+        "resnet18",
+        pretrained=False,
+        image_size=SIZE,
+        resize="none",
+        verbose=0,
+        num_workers=0,
+        precision="fp32",
+        **params,
+    )
 
 
 class ForwardCounter:
@@ -54,7 +62,11 @@ def test_resolve_augmentations():
     assert resolve_augmentations(None) == ["identity"]
     assert resolve_augmentations("dihedral") == list(DIHEDRAL)
     assert resolve_augmentations(["random", "rot90", "identity", "random", "hed_jitter"]) == [
-        "identity", "random", "rot90", "random2", "hed_jitter"
+        "identity",
+        "random",
+        "rot90",
+        "random2",
+        "hed_jitter",
     ]
     with pytest.raises(ValueError, match="'rot90' is given twice"):
         resolve_augmentations(["dihedral", "rot90"])
@@ -166,12 +178,14 @@ def test_second_grid_search_embeds_nothing_and_reads_no_pixels(tmp_path, monkeyp
     X = _write_pngs(tmp_path, images(8, seed=3))
     y = np.array([0, 1] * 4)
     cache = tmp_path / "cache"
-    pipe = make_pipeline(embedder(augmentations=["dihedral", "random"], cache=cache),
-                         LogisticRegression(max_iter=200))
+    pipe = make_pipeline(
+        embedder(augmentations=["dihedral", "random"], cache=cache), LogisticRegression(max_iter=200)
+    )
     search = GridSearchCV(pipe, {"logisticregression__C": [0.1, 1.0]}, cv=2)
     first = search.fit(X, y)
     counter = ForwardCounter(first.best_estimator_[0].module_)  # shared by every clone of this embedder
     try:
+
         def no_pixels(self, k):
             raise AssertionError("an image was read although every embedding is cached")
 
@@ -190,25 +204,38 @@ def test_cache_keys_each_augmentation_and_stain_reference(tmp_path):
     reference_a = images(1, seed=6)[0]
     reference_b = (reference_a // 2).astype(np.uint8)
     cache = tmp_path / "cache"
-    uncached = embedder(augmentations=["flip_h", "hed_jitter"], colors=["rgb", "reinhard"],
-                        stain_reference=reference_a).fit(X)
+    uncached = embedder(
+        augmentations=["flip_h", "hed_jitter"], colors=["rgb", "reinhard"], stain_reference=reference_a
+    ).fit(X)
     expected = uncached.transform(X)
-    first = embedder(augmentations=["flip_h", "hed_jitter"], colors=["rgb", "reinhard"],
-                     stain_reference=reference_a, cache=cache).fit(X)
+    first = embedder(
+        augmentations=["flip_h", "hed_jitter"],
+        colors=["rgb", "reinhard"],
+        stain_reference=reference_a,
+        cache=cache,
+    ).fit(X)
     np.testing.assert_allclose(first.transform(X), expected, rtol=1e-5, atol=1e-5)
 
     counter = ForwardCounter(first.module_)
     try:
         # one more augmentation: only its 2 colours x 4 images are embedded
-        more = embedder(augmentations=["flip_h", "hed_jitter", "rot180"], colors=["rgb", "reinhard"],
-                        stain_reference=reference_a, cache=cache).fit(X)
+        more = embedder(
+            augmentations=["flip_h", "hed_jitter", "rot180"],
+            colors=["rgb", "reinhard"],
+            stain_reference=reference_a,
+            cache=cache,
+        ).fit(X)
         Z = more.transform(X)
         assert counter.images == 2 * 4
         np.testing.assert_allclose(Z[:, : expected.shape[1]], expected, rtol=1e-5, atol=1e-5)
         # another stain reference: only the reinhard views (4 blocks x 4 images) are recomputed
         counter.images = 0
-        other = embedder(augmentations=["flip_h", "hed_jitter", "rot180"], colors=["rgb", "reinhard"],
-                         stain_reference=reference_b, cache=cache).fit(X)
+        other = embedder(
+            augmentations=["flip_h", "hed_jitter", "rot180"],
+            colors=["rgb", "reinhard"],
+            stain_reference=reference_b,
+            cache=cache,
+        ).fit(X)
         W = other.transform(X)
         assert counter.images == 4 * 4
     finally:
@@ -228,7 +255,10 @@ def test_stain_reference_is_fitted_and_clone_safe(tmp_path):
     from_file = clone(embedder(colors=["macenko", "reinhard"], stain_reference=str(path))).fit(X)
     assert set(from_array.stain_normalizers_) == {"macenko", "reinhard"}
     for color in ("macenko", "reinhard"):
-        assert from_array.stain_normalizers_[color].fingerprint() == from_file.stain_normalizers_[color].fingerprint()
+        assert (
+            from_array.stain_normalizers_[color].fingerprint()
+            == from_file.stain_normalizers_[color].fingerprint()
+        )
     np.testing.assert_allclose(from_array.transform(X), from_file.transform(X), rtol=1e-5, atol=1e-5)
     assert embedder().fit(X).stain_normalizers_ == {}
 
@@ -236,5 +266,35 @@ def test_stain_reference_is_fitted_and_clone_safe(tmp_path):
 def test_non_square_input_with_quarter_turns_is_refused_at_fit():
     X = images(1)
     with pytest.raises(ValueError, match="square"):
-        BackboneEmbedder("resnet18", pretrained=False, image_size=(32, 48), verbose=0,
-                         augmentations="dihedral").fit(X)
+        BackboneEmbedder(
+            "resnet18", pretrained=False, image_size=(32, 48), verbose=0, augmentations="dihedral"
+        ).fit(X)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_pipeline_embeds_a_dihedral_bank_that_the_head_trains_on_and_averages():
+    from sklearn.preprocessing import StandardScaler
+
+    from skdfl.heads import FocalHeadClassifier
+
+    X = images(12, seed=7)
+    y = np.array([0, 1] * 6)
+    pipe = make_pipeline(
+        embedder(augmentations="dihedral"),
+        StandardScaler(),
+        FocalHeadClassifier(bank_size=8, max_epochs=3, random_state=0),
+    ).fit(X, y)
+    head = pipe[-1]
+    d = pipe[0].embedding_dim_
+    assert head.n_features_in_ == 8 * d and head.net_.module_.output.in_features == d
+    Z = pipe[:-1].transform(X)
+    plain = head.predict_proba(Z)
+    # Block 0 is the plain image: the same prediction from the plain embedder's output, tiled.
+    np.testing.assert_array_equal(plain, head.predict_proba(np.tile(Z[:, :d], 8)))
+    head.set_params(test_time_augmentation=True)
+    averaged = head.predict_proba(Z)
+    np.testing.assert_allclose(
+        averaged,
+        head.set_params(test_time_augmentation=False).predict_proba(np.tile(average_blocks(Z, 8), 8)),
+        atol=1e-12,
+    )

@@ -70,6 +70,10 @@ def _estimators():
     """
     return [
         FocalHeadClassifier(hidden_units=(16,), lr=0.02, max_epochs=10, batch_size=32, random_state=0),
+        # The 2-D augmentation-bank path (one block of any width) with test-time averaging.
+        FocalHeadClassifier(
+            lr=0.02, max_epochs=10, batch_size=32, bank_size=1, test_time_augmentation=True, random_state=0
+        ),
         TabularCheckedEmbedder("resnet18", pretrained=False, image_size=16, precision="fp32", verbose=0),
     ]
 
@@ -78,7 +82,8 @@ def _expected_failed_checks(estimator):
     """Map check name -> reason for the checks ``estimator`` is known to fail."""
     if isinstance(estimator, BackboneEmbedder):
         return {
-            name: f"{_IMAGES_ONLY}; tested on images in {where}" for name, where in _EMBEDDER_TABULAR_CHECKS.items()
+            name: f"{_IMAGES_ONLY}; tested on images in {where}"
+            for name, where in _EMBEDDER_TABULAR_CHECKS.items()
         }
     if isinstance(estimator, FocalHeadClassifier):
         return {
@@ -88,8 +93,6 @@ def _expected_failed_checks(estimator):
             )
         }
     return {}
-
-
 
 
 @parametrize_with_checks(_estimators(), expected_failed_checks=_expected_failed_checks)

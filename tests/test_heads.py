@@ -215,7 +215,7 @@ def test_fitted_attributes(blobs):
     assert_allclose(clf.feature_std_, X.std(axis=0), rtol=1e-5)
     assert isinstance(clf.net_.module_, MLPHead)
     assert isinstance(clf.net_.criterion_, FocalLoss)
-    assert clf.net_.criterion_.gamma == 2.0 and clf.net_.criterion_.reduction == "none"
+    assert clf.net_.criterion_.gamma == 0.0 and clf.net_.criterion_.reduction == "none"
     assert isinstance(clf.net_.optimizer_, torch.optim.Adam)
     assert torch.device(clf.net_.device) == torch.device("cpu")
     assert next(clf.net_.module_.parameters()).device.type == "cpu"
@@ -357,7 +357,7 @@ def test_grid_search_over_noise_and_hidden_units():
     X = rng.uniform(-1, 1, size=(240, 2))
     y = np.where(X[:, 0] * X[:, 1] > 0, "same", "diff")
     grid = {"noise_std": [0.0, 3.0], "hidden_units": [(), (16,)]}
-    est = FocalHeadClassifier(lr=0.03, max_epochs=30, batch_size=32, random_state=0)
+    est = FocalHeadClassifier(lr=0.03, weight_decay=0.0, max_epochs=30, batch_size=32, random_state=0)
     search = GridSearchCV(est, grid, cv=2).fit(X, y)
     assert search.best_params_ == {"hidden_units": (16,), "noise_std": 0.0}
     scores = {

@@ -13,7 +13,14 @@ from numpy.testing import assert_allclose, assert_array_equal
 from sklearn.datasets import make_blobs
 from skorch.callbacks import Callback
 
-from skdfl.heads import FeatureDropout, FocalHeadClassifier, GaussianNoise, mixup_embeddings
+from skdfl.heads import (
+    FeatureDropout,
+    FocalHeadClassifier,
+    FocalLoss,
+    GaussianNoise,
+    MLPHead,
+    mixup_embeddings,
+)
 
 pytestmark = [
     pytest.mark.usefixtures("one_torch_thread"),
@@ -95,6 +102,61 @@ def test_mixup_embeddings_are_convex_combinations_of_batch_pairs():
     assert_allclose(mixed.numpy(), (lam[:, None] * x + (1 - lam[:, None]) * x[partner]).numpy(), rtol=1e-6)
     with pytest.raises(ValueError, match="alpha must be > 0"):
         mixup_embeddings(x, alpha=0.0)
+
+
+def _linear_head(n_features=16, n_classes=3):
+    torch.manual_seed(0)
+    scale = torch.linspace(0.2, 3.0, n_features)
+    return MLPHead(n_features, n_classes, hidden_units=(), noise_std=0.7, noise_scale=scale).train()
+
+
+def test_linear_head_draws_input_noise_in_logit_space_with_the_same_distribution():
+    head = _linear_head()
+    x = torch.randn(1, 16).repeat(100_000, 1)
+    with torch.no_grad():
+        fast = head(x)  # noise drawn in logit space
+        slow = head.output(head.noise(x))  # noise added to the input
+    assert_allclose(fast.mean(0).numpy(), slow.mean(0).numpy(), atol=0.02)
+    assert_allclose(torch.cov(fast.T).numpy(), torch.cov(slow.T).numpy(), atol=0.03)
+    expected = (head.output.weight * (0.7 * head.noise.scale)) @ (
+        head.output.weight * (0.7 * head.noise.scale)
+    ).T
+    assert_allclose(torch.cov(fast.T).numpy(), expected.detach().numpy(), atol=0.03)
+    head.eval()
+    with torch.no_grad():
+        assert torch.equal(head(x[:5]), head.output(x[:5]))
+
+
+def test_logit_space_noise_gives_the_same_expected_gradient():
+    head = _linear_head()
+    x = torch.randn(64, 16)
+    y = torch.randint(0, 3, (64,))
+    loss_fn = FocalLoss()
+
+    def mean_gradient(forward, draws=400):
+        total = torch.zeros_like(head.output.weight)
+        for _ in range(draws):
+            head.zero_grad()
+            loss_fn(forward(), y).backward()
+            total += head.output.weight.grad
+        return total / draws
+
+    fast = mean_gradient(lambda: head(x))
+    slow = mean_gradient(lambda: head.output(head.noise(x)))
+    assert torch.allclose(fast, slow, atol=0.1 * slow.abs().max().item())
+    assert not torch.allclose(fast, torch.zeros_like(fast))
+
+
+def test_logit_space_noise_falls_back_to_input_noise_when_singular():
+    torch.manual_seed(0)
+    head = MLPHead(2, 5, hidden_units=(), noise_std=1.0).train()  # 5 logits from 2 features: rank 2
+    assert head.noise.through_linear(head.output, 10) is None
+    x = torch.zeros(20000, 2)
+    with torch.no_grad():
+        out = head(x)
+    assert_allclose(
+        torch.cov(out.T).numpy(), (head.output.weight @ head.output.weight.T).detach().numpy(), atol=0.05
+    )
 
 
 # --------------------------------------------------------------------------- the classifier's perturbations
@@ -246,3 +308,71 @@ def test_bank_is_reproducible_and_works_with_partial_fit():
     for part in np.array_split(np.arange(len(y)), 3):
         head.partial_fit(X[part], y[part], classes=[0, 1])
     assert head.n_iter_ == 3 and head.predict(X[:, 0]).shape == (len(y),)
+
+
+# --------------------------------------------------------------------------- the 2-D bank (bank_size)
+
+
+def _flat(X):
+    """A 3-D bank as the embedder outputs it: augmentation-major blocks side by side."""
+    return X.reshape(len(X), -1)
+
+
+def test_2d_bank_trains_exactly_like_the_3d_bank():
+    X, y = _bank()
+    flat = FocalHeadClassifier(**FAST, bank_size=4).fit(_flat(X), y)
+    explicit = FocalHeadClassifier(**FAST).fit(X, y)
+    assert flat.n_features_in_ == 12 and explicit.n_features_in_ == 3
+    assert_array_equal(flat.predict_proba(_flat(X)), explicit.predict_proba(X[:, 0]))
+
+
+def test_2d_bank_draws_blocks_in_training_and_predicts_from_block_0_or_their_mean():
+    X, y = _bank()
+    head = FocalHeadClassifier(
+        **{**FAST, "max_epochs": 4}, bank_size=4, callbacks=[("probe", _ModuleProbe("feature_dropout"))]
+    ).fit(_flat(X), y)
+    ids, draws = _draws_seen(_probe(head).calls, training=True)
+    assert set(draws) == {0, 1, 2, 3} and np.bincount(ids).tolist() == [4] * len(X)
+    _probe(head).calls.clear()
+    plain = head.predict_proba(_flat(X))
+    _, eval_draws = _draws_seen(_probe(head).calls, training=False)
+    assert set(eval_draws) == {0}
+    # Only block 0 matters at inference: other blocks can be anything.
+    scrambled = X.copy()
+    scrambled[:, 1:] = np.random.default_rng(1).normal(size=scrambled[:, 1:].shape) * 100
+    assert_array_equal(head.predict_proba(_flat(scrambled)), plain)
+    # With test-time augmentation (switchable after fit), the mean of the blocks.
+    head.set_params(test_time_augmentation=True)
+    mean = np.repeat(X.mean(axis=1, keepdims=True), 4, axis=1)
+    assert_allclose(
+        head.predict_proba(_flat(X)),
+        head.set_params(test_time_augmentation=False).predict_proba(_flat(mean)),
+        atol=1e-12,
+    )
+    assert not np.allclose(plain, head.set_params(test_time_augmentation=True).predict_proba(_flat(X)))
+
+
+def test_2d_bank_composes_with_a_scaler_in_a_pipeline_and_grid_search():
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = _bank(n_samples=64)
+    pipe = make_pipeline(StandardScaler(), FocalHeadClassifier(**FAST, bank_size=4))
+    search = GridSearchCV(pipe, {"focalheadclassifier__test_time_augmentation": [False, True]}, cv=2)
+    search.fit(_flat(X), y)
+    assert search.best_estimator_[-1].n_features_in_ == 12
+    assert search.predict(_flat(X)).shape == (64,)
+
+
+def test_2d_bank_errors_name_the_problem():
+    X, y = _bank()
+    with pytest.raises(ValueError, match=r"bank_size=5 .* X has 12 columns, not a multiple of 5"):
+        FocalHeadClassifier(**FAST, bank_size=5).fit(_flat(X), y)
+    with pytest.raises(ValueError, match=r"bank_size=4 expects a 2-D X .* got a 3-D X of shape \(48, 4, 3\)"):
+        FocalHeadClassifier(**FAST, bank_size=4).fit(X, y)
+    with pytest.raises(ValueError, match="test_time_augmentation=True .* set bank_size"):
+        FocalHeadClassifier(**FAST, test_time_augmentation=True).fit(X[:, 0], y)
+    head = FocalHeadClassifier(**FAST, bank_size=4).fit(_flat(X), y)
+    with pytest.raises(ValueError, match="X has 3 features, but FocalHeadClassifier is expecting 12"):
+        head.predict(X[:, 0])

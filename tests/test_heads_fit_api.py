@@ -51,7 +51,9 @@ def test_integer_sample_weight_equals_repeating_samples():
     # with ReLU units, a sample sitting on a kink can amplify rounding differences.)
     X, y = make_classification(n_samples=40, n_features=6, n_informative=4, n_classes=3, random_state=0)
     weights = np.random.RandomState(0).randint(0, 4, size=len(y))
-    params = dict(hidden_units=(), batch_size=512, max_epochs=30, n_iter_no_change=100, random_state=0)
+    params = dict(
+        hidden_units=(), noise_std=0.0, batch_size=512, max_epochs=30, n_iter_no_change=100, random_state=0
+    )
     weighted = FocalHeadClassifier(**params).fit(X, y, sample_weight=weights)
     repeated = FocalHeadClassifier(**params).fit(np.repeat(X, weights, axis=0), np.repeat(y, weights))
     assert_allclose(weighted.predict_proba(X), repeated.predict_proba(X), atol=1e-6)
@@ -258,7 +260,9 @@ def test_partial_fit_is_one_pass_whatever_min_steps_per_epoch(blobs):
     head.partial_fit(X[:40], y[:40], classes=[0, 1, 2])
     head.partial_fit(X[40:100], y[40:100])
     assert head.history_[:, "train_batch_count"] == [3, 4]  # ceil(40 / 16), ceil(60 / 16)
-    fitted = FocalHeadClassifier(hidden_units=(8,), batch_size=16, min_steps_per_epoch=50, max_epochs=1).fit(X, y)
+    fitted = FocalHeadClassifier(hidden_units=(8,), batch_size=16, min_steps_per_epoch=50, max_epochs=1).fit(
+        X, y
+    )
     assert fitted.history_[:, "train_batch_count"] == [56]  # fit: 8 batches per pass, 7 passes >= 50 steps
     fitted.partial_fit(X, y)
     assert fitted.history_[:, "train_batch_count"] == [56, 8]

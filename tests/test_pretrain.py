@@ -326,3 +326,25 @@ def test_init_weights_from_a_saved_backbone(pretrained, tmp_path):
     conv = "conv1.0.weight"
     torch.testing.assert_close(got[conv], start[conv], rtol=1e-5, atol=1e-6)
     assert Path(path).is_file()
+
+
+def test_saved_backbone_keeps_the_build_hook_of_its_architecture(tmp_path, monkeypatch, one_torch_thread):
+    # A backbone whose registry entry rebuilds the timm module with a hook (here: Keras' BatchNorm epsilon)
+    # must come back with the same hook, or the saved weights meet a different architecture.
+    from skdfl.backbones import BackboneSpec, registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    import dataclasses
+
+    spec = BackboneSpec.from_timm("resnet10t", build_hook="keras_densenet")
+    register_backbone(dataclasses.replace(spec, name="resnet10t.hooked_test"))
+    X = waves(8)
+    pre = SimCLRPretrainer(**{**TINY, "backbone": "resnet10t.hooked_test"}, batch_size=8, max_epochs=1).fit(X)
+    assert {m.eps for m in pre.encoder_.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {1.001e-5}
+    path = pre.save_backbone(tmp_path / "hooked.safetensors")
+    assert json.loads(path.with_suffix(".json").read_text())["build_hook"] == "keras_densenet"
+    common = dict(precision="fp32", device="cpu", verbose=0, resize="stretch")
+    reloaded = BackboneEmbedder("resnet10t", checkpoint_path=path, **common).fit(X)
+    assert {m.eps for m in reloaded.module_.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {1.001e-5}
+    reference = BackboneEmbedder(pre.encoder_, image_size=32, **common).fit(X)
+    np.testing.assert_allclose(reloaded.transform(X), reference.transform(X), rtol=1e-5, atol=1e-5)

@@ -90,6 +90,39 @@ class GaussianNoise(nn.Module):
             noise = noise * self.scale.to(x.dtype)
         return x + noise
 
+    def through_linear(self, linear, n_samples):
+        r"""The noise ``linear(x + noise) - linear(x)`` adds to ``n_samples`` outputs, drawn in output space.
+
+        For a linear layer with weight :math:`W`, input noise :math:`\varepsilon \sim N(0, \sigma^2 S^2)`
+        reaches the outputs as :math:`W \varepsilon \sim N(0, \sigma^2 W S^2 W^\top)`, a distribution over
+        ``out_features`` values rather than ``in_features``: drawing it there (the local reparameterisation
+        trick of Kingma et al., 2015) gives outputs with exactly the same distribution, and unbiased gradients
+        of the same expected loss, for a fraction of the random numbers (2 instead of 1,024 per sample for a
+        binary linear head on a DenseNet embedding).
+
+        Parameters
+        ----------
+        linear : torch.nn.Linear
+            The layer the noisy input goes through.
+
+        n_samples : int
+            Batch size.
+
+        Returns
+        -------
+        noise : torch.Tensor of shape (n_samples, out_features) or None
+            None when the output covariance is singular (e.g. more outputs than inputs); then add the noise to
+            the input instead.
+        """
+        weight = linear.weight
+        factor = (
+            weight * self.std if self.scale is None else weight * (self.std * self.scale.to(weight.dtype))
+        )
+        chol, info = torch.linalg.cholesky_ex(factor @ factor.T)
+        if bool(info):
+            return None
+        return torch.randn(n_samples, weight.shape[0], dtype=weight.dtype, device=weight.device) @ chol.T
+
     def extra_repr(self):
         scaled = "" if self.scale is None else f", scale=<{tuple(self.scale.shape) or 'scalar'}>"
         return f"std={self.std}{scaled}"

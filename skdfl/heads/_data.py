@@ -14,7 +14,6 @@ import warnings
 import numpy as np
 import torch
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedShuffleSplit
-from sklearn.preprocessing import StandardScaler
 
 from ._augment import mixup_embeddings
 
@@ -23,6 +22,9 @@ __all__ = ["BatchIterator", "EmbeddingDataset", "FeatureMoments", "validation_sp
 # Inputs up to this size are copied to an accelerator once; larger ones (e.g. a memory-mapped store) stay in
 # host memory and travel one batch at a time.
 _MAX_DEVICE_COPY_BYTES = 2 * 1024**3
+# Inputs up to this size are gathered in shuffled order once per pass and sliced into batches; larger ones
+# are gathered batch by batch, so a memory-mapped store is never copied whole.
+_MAX_PASS_COPY_BYTES = 256 * 1024**2
 # Rows per chunk when summarising features, so a memory-mapped store is never converted to float64 whole.
 _MOMENT_CHUNK_ROWS = 16384
 
@@ -96,55 +98,79 @@ class EmbeddingDataset(torch.utils.data.Dataset):
         return len(self.data) if self.rows is None else len(self.rows)
 
     def __getitem__(self, index):
-        inputs, target = self.batch(torch.as_tensor([index]), training=False)
+        ((inputs, target),) = self.batches(torch.as_tensor([index]), batch_size=1, training=False)
         return inputs[0], None if target is None else {k: v[0] for k, v in target.items()}
 
-    def batch(self, positions, training, mixup_alpha=0.0):
-        """One batch: inputs on the device and the target dict the head's loss reads.
-
-        Parameters
-        ----------
-        positions : torch.Tensor of int64
-            Positions in this dataset (not rows of ``X`` when ``rows`` is set).
-
-        training : bool
-            Draw one embedding per sample from an augmentation bank at random and apply mixup. Otherwise
-            (validation) a bank contributes its draw 0, by convention the un-augmented embedding.
-
-        mixup_alpha : float
-            ``Beta`` concentration of mixup; 0 disables it.
-
-        Returns
-        -------
-        inputs : torch.Tensor of shape (batch, n_features)
-
-        target : dict of torch.Tensor or None
-            ``target`` (labels), optional ``weight``, and with mixup ``lam``, ``partner_target`` and
-            ``partner_weight``; None at inference without labels.
-        """
-        rows = positions if self.rows is None else self.rows[positions]
+    def _gather(self, rows, training):
+        """Embeddings of ``rows`` (a bank contributes a random draw when training, draw 0 otherwise)."""
         if self.data.ndim == 3:
             if training:
                 draws = torch.randint(self.data.shape[1], (len(rows),))
             else:
                 draws = torch.zeros(len(rows), dtype=torch.int64)
-            inputs = self.data[rows.to(self.data.device), draws.to(self.data.device)]
+            return self.data[rows.to(self.data.device), draws.to(self.data.device)]
+        return self.data[rows.to(self.data.device)]
+
+    def batches(self, order, batch_size, training, mixup_alpha=0.0):
+        """Yield the batches of one pass over the samples at positions ``order``.
+
+        Data small enough is gathered once per pass in that order and the batches are slices of it (one
+        indexing operation per pass instead of one per batch); in order and without a bank, nothing is
+        copied at all. Larger data (e.g. a memory-mapped store) is gathered batch by batch.
+
+        Parameters
+        ----------
+        order : torch.Tensor of int64
+            Positions in this dataset (not rows of ``X`` when ``rows`` is set), in visiting order.
+
+        batch_size : int
+            Samples per batch; the last batch may be smaller.
+
+        training : bool
+            Draw one embedding per sample from an augmentation bank at random and apply mixup. Otherwise
+            (validation, inference) a bank contributes its draw 0, by convention the un-augmented embedding.
+
+        mixup_alpha : float
+            ``Beta`` concentration of mixup; 0 disables it.
+
+        Yields
+        ------
+        inputs : torch.Tensor of shape (batch, n_features)
+            On the device.
+
+        target : dict of torch.Tensor or None
+            ``target`` (labels), optional ``weight``, and with mixup ``lam``, ``partner_target`` and
+            ``partner_weight``; None without labels.
+        """
+        rows = order if self.rows is None else self.rows[order]
+        n = len(rows)
+        sequential = self.rows is None and self.data.ndim == 2 and torch.equal(order, torch.arange(n))
+        if sequential:
+            whole = self.data
+        elif self.data.numel() * self.data.element_size() <= _MAX_PASS_COPY_BYTES:
+            whole = self._gather(rows, training)
         else:
-            inputs = self.data[rows.to(self.data.device)]
-        inputs = inputs.to(self.device, non_blocking=True)
-        if self.targets is None:
-            return inputs, None
+            whole = None
         device_rows = rows.to(self.device)
-        target = {"target": self.targets[device_rows]}
-        if self.weights is not None:
-            target["weight"] = self.weights[device_rows]
-        if training and mixup_alpha > 0:
-            inputs, partner, lam = mixup_embeddings(inputs, mixup_alpha)
-            target["lam"] = lam
-            target["partner_target"] = target["target"][partner]
-            if "weight" in target:
-                target["partner_weight"] = target["weight"][partner]
-        return inputs, target
+        targets = None if self.targets is None else self.targets[device_rows]
+        weights = None if self.weights is None else self.weights[device_rows]
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
+            inputs = self._gather(rows[start:stop], training) if whole is None else whole[start:stop]
+            inputs = inputs.to(self.device, non_blocking=True)
+            if targets is None:
+                yield inputs, None
+                continue
+            target = {"target": targets[start:stop]}
+            if weights is not None:
+                target["weight"] = weights[start:stop]
+            if training and mixup_alpha > 0:
+                inputs, partner, lam = mixup_embeddings(inputs, mixup_alpha)
+                target["lam"] = lam
+                target["partner_target"] = target["target"][partner]
+                if "weight" in target:
+                    target["partner_weight"] = target["weight"][partner]
+            yield inputs, target
 
 
 class BatchIterator:
@@ -190,16 +216,17 @@ class BatchIterator:
         n = len(self.dataset)
         for _ in range(self._passes()):
             order = torch.randperm(n) if self.shuffle else torch.arange(n)
-            for start in range(0, n, self.batch_size):
-                yield self.dataset.batch(
-                    order[start : start + self.batch_size],
-                    training=self.shuffle,
-                    mixup_alpha=self.mixup_alpha,
-                )
+            yield from self.dataset.batches(
+                order, self.batch_size, training=self.shuffle, mixup_alpha=self.mixup_alpha
+            )
 
 
 class FeatureMoments:
     """Weighted per-feature mean and standard deviation, accumulated chunk by chunk (for ``partial_fit``).
+
+    Each chunk is summarised in float32 by torch (one pass for the mean, one for the spread), and chunks are
+    merged in float64 with Chan et al.'s pairwise update; the statistics only set noise and dropout scales,
+    for which float32 chunk sums are ample.
 
     Attributes
     ----------
@@ -208,33 +235,54 @@ class FeatureMoments:
     """
 
     def __init__(self):
-        self._scaler = StandardScaler()
+        self._weight = 0.0
+        self._mean = None
+        self._m2 = None
 
-    def update(self, X, sample_weight=None, rows=None):
-        """Add the rows ``rows`` of ``X`` (all rows when None); a bank contributes each of its draws."""
-        rows = np.arange(len(X)) if rows is None else np.asarray(rows)
-        for start in range(0, len(rows), _MOMENT_CHUNK_ROWS):
-            chunk_rows = rows[start : start + _MOMENT_CHUNK_ROWS]
-            chunk = np.asarray(X[chunk_rows], dtype=np.float64)
-            weight = (
-                None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)[chunk_rows]
-            )
+    def _chunks(self, X, sample_weight, rows):
+        n = len(X) if rows is None else len(rows)
+        for start in range(0, n, _MOMENT_CHUNK_ROWS):
+            stop = min(start + _MOMENT_CHUNK_ROWS, n)
+            index = slice(start, stop) if rows is None else np.asarray(rows)[start:stop]
+            chunk = _as_tensor(np.asarray(X[index], dtype=np.float32))
+            weight = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)[index]
             if chunk.ndim == 3:
                 n_draws = chunk.shape[1]
                 chunk = chunk.reshape(-1, chunk.shape[2])
                 weight = None if weight is None else np.repeat(weight, n_draws)
-            if weight is not None and not weight.any():
+            yield chunk, weight
+
+    def update(self, X, sample_weight=None, rows=None):
+        """Add the rows ``rows`` of ``X`` (all rows when None); a bank contributes each of its draws."""
+        for chunk, weight in self._chunks(X, sample_weight, rows):
+            if weight is None:
+                total = float(len(chunk))
+                var, mean = torch.var_mean(chunk, dim=0, correction=0)
+            else:
+                total = float(weight.sum())
+                if total == 0:
+                    continue
+                w = torch.as_tensor(weight / total, dtype=torch.float32)[:, None]
+                mean = (w * chunk).sum(dim=0)
+                var = (w * (chunk - mean) ** 2).sum(dim=0)
+            mean, m2 = mean.double().numpy(), var.double().numpy() * total
+            if self._mean is None:
+                self._weight, self._mean, self._m2 = total, mean, m2
                 continue
-            self._scaler.partial_fit(chunk, sample_weight=weight)
+            merged = self._weight + total
+            delta = mean - self._mean
+            self._mean = self._mean + delta * (total / merged)
+            self._m2 = self._m2 + m2 + delta**2 * (self._weight * total / merged)
+            self._weight = merged
         return self
 
     @property
     def mean_(self):
-        return self._scaler.mean_
+        return self._mean
 
     @property
     def std_(self):
-        return np.sqrt(self._scaler.var_)
+        return np.sqrt(np.maximum(self._m2 / self._weight, 0.0))
 
 
 def validation_split(y, groups, validation_fraction, random_state):

@@ -39,7 +39,9 @@ class MLPHead(nn.Module):
     """Feed-forward head on embeddings.
 
     ``FeatureDropout -> GaussianNoise -> [Linear -> ReLU -> Dropout] * len(hidden_units) -> Linear``; the two
-    input perturbations act in training mode only.
+    input perturbations act in training mode only. Without hidden layers, the input noise is drawn directly in
+    logit space (:meth:`GaussianNoise.through_linear`): the same distribution of logits, far fewer random
+    numbers.
 
     Parameters
     ----------
@@ -123,4 +125,10 @@ class MLPHead(nn.Module):
         logits : torch.Tensor of shape (n_samples, n_classes)
             Unnormalised class scores (train with :class:`FocalLoss`, apply softmax for probabilities).
         """
-        return self.output(self.hidden(self.noise(self.feature_dropout(x))))
+        x = self.feature_dropout(x)
+        if self.training and self.noise.std > 0 and len(self.hidden) == 0:
+            # A linear head: draw the noise where it lands, in logit space (see GaussianNoise.through_linear).
+            noise = self.noise.through_linear(self.output, x.shape[0])
+            if noise is not None:
+                return self.output(x) + noise
+        return self.output(self.hidden(self.noise(x)))

@@ -476,11 +476,15 @@ class ContrastivePretrainer(BaseEstimator):
         path = Path(path)
         if path.suffix != ".safetensors":
             raise ValueError(f"save_backbone writes safetensors: the path must end in '.safetensors', got {path}")
-        timm_model, timm_kwargs = None, {}
+        timm_model, timm_kwargs, rebuild = None, {}, {}
         if isinstance(self.backbone, str):
             spec = get_spec(self.backbone)
             if spec is not None:
                 timm_model, timm_kwargs = spec.timm_model, dict(spec.timm_kwargs)
+                if spec.build_hook:
+                    # The hook changes the architecture (e.g. Keras ResNet strides): the weights only fit a
+                    # module rebuilt with it.
+                    rebuild["build_hook"] = spec.build_hook
         elif not getattr(_unwrap(self.encoder_), "pretrained_cfg", None):
             raise ValueError(
                 "save_backbone needs a timm encoder to describe how to rebuild it; this one is a custom "
@@ -504,7 +508,7 @@ class ContrastivePretrainer(BaseEstimator):
             timm_kwargs=timm_kwargs,
             data_config=self.data_config_,
             embedding_dim=self.embedding_dim_,
-            **{**defaults, **description},
+            **{**defaults, **description, **rebuild},
         )
         return weights
 
