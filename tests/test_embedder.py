@@ -211,6 +211,24 @@ def test_workers_give_same_result(tmp_path, images):
     np.testing.assert_array_equal(emb.transform(paths), emb.set_params(num_workers=2).transform(paths))
 
 
+def test_batches_are_collated_without_torchs_threaded_copy(frame, monkeypatch):
+    # torch.stack stalls for a scheduler slice per parallel region on a busy CPU (stack_samples' docstring).
+    emb = make_embedder(views=["x20"], colors=["rgb", "gray"], batch_size=4).fit(frame)
+    ds = emb.view_dataset({"x20": frame["x20"].tolist()})
+    items = [ds[k] for k in range(3)]
+    expected_batch = torch.stack(items)
+    expected = emb.transform(frame)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.stack called while embedding")
+
+    monkeypatch.setattr(torch, "stack", refuse)
+    batch = embedder_module.stack_samples(items)
+    assert batch.dtype == torch.uint8 and tuple(batch.shape) == (3, 2, SIZE, SIZE, 3)
+    np.testing.assert_array_equal(batch.numpy(), expected_batch.numpy())
+    np.testing.assert_array_equal(emb.transform(frame), expected)
+
+
 def test_mixed_sizes_are_resized_per_image_but_refused_by_resize_none(images):
     mixed = [images[0], np.ascontiguousarray(images[1][:20, :28])]
     emb = make_embedder().fit(mixed)
