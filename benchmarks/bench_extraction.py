@@ -168,6 +168,8 @@ def main():
                    help="backbones (default: all three; --quick: the two ResNets)")  # fmt: skip
     p.add_argument("--n-idc", type=int, default=None, help="IDC images (default 256; --quick 32)")
     p.add_argument("--n-breakhis", type=int, default=None, help="BreakHis images (default 96; --quick 16)")
+    p.add_argument("--sets", nargs="+", choices=["idc", "breakhis", "crc"], default=["idc", "breakhis", "crc"],
+                   help="image sets to time (default: all three)")  # fmt: skip
     p.add_argument("--workers", action=argparse.BooleanOptionalAction, default=None,
                    help="also time num_workers=1 (default: on without --quick)")  # fmt: skip
     p.add_argument(
@@ -193,6 +195,13 @@ def main():
         ),
         "CRC 224x224 PNG": sorted(C.load_crc(root)["path"].tolist()),
     }
+    if not args.collate_ab:
+        keys = {
+            "idc": "IDC 50x50 PNG -> pad 224",
+            "breakhis": "BreakHis 700x460 PNG -> pad 224",
+            "crc": "CRC 224x224 PNG",
+        }
+        sets = {keys[name]: sets[keys[name]] for name in args.sets}
     names = args.models or (["resnet18", "resnet50"] if args.quick else list(MODELS))
     models = {k: MODELS[k] for k in names}
     if args.collate_ab:

@@ -245,15 +245,18 @@ def worker_main(data_file: str) -> None:
         accuracy = balanced_accuracy_score(data["y_test"], model.predict(data["X_test"]))
         return {"seconds": seconds, "epochs": int(model.n_iter_), "balanced_accuracy": float(accuracy)}
 
-    def study(n_trials, seed, cv):
+    def study(n_trials, seed, cv, space="default"):
         import optuna
 
         from skdfl.model_selection import HeadSearchCV
 
-        storage = state.setdefault("storage", optuna.storages.InMemoryStorage())
+        search_space = None
+        if space == "mlp":  # only the new code has it
+            from skdfl.model_selection import mlp_head_search_space as search_space
+        storage = state.setdefault(f"storage-{space}", optuna.storages.InMemoryStorage())
         search = HeadSearchCV(
-            n_trials=n_trials, cv=cv, refit=False, random_state=seed, storage=storage, study_name=STUDY_NAME,
-            verbose=0,
+            search_space=search_space, n_trials=n_trials, cv=cv, refit=False, random_state=seed, storage=storage,
+            study_name=STUDY_NAME, verbose=0,
         )  # fmt: skip
         start = time.perf_counter()
         search.fit(data["study_X"], data["study_y"], groups=data["study_groups"])
@@ -279,7 +282,11 @@ def worker_main(data_file: str) -> None:
             if message["op"] == "fit":
                 reply(**fit(message["params"]))
             elif message["op"] == "study":
-                reply(**study(message["n_trials"], message["seed"], message["cv"]))
+                reply(
+                    **study(
+                        message["n_trials"], message["seed"], message["cv"], message.get("space", "default")
+                    )
+                )
             else:
                 reply(error=f"unknown op {message['op']!r}")
         except Exception:  # the parent prints it and stops
@@ -309,7 +316,8 @@ def fit_speed(args, data, old_worker) -> tuple[list[dict], dict]:
     mlp_batch = min(200, len(y))
     same_l2 = float(default.weight_decay) * mlp_batch
     old_defaults = dict(hidden_units=(512,), gamma=2.0, noise_std=0.0, weight_decay=0.0, tol=1e-4,
-                        n_iter_no_change=10, min_steps_per_epoch=20, max_epochs=200)  # fmt: skip
+                        n_iter_no_change=10, min_steps_per_epoch=20, max_epochs=200, batch_size=128,
+                        lr=1e-3)  # fmt: skip
     new_values = {k: v for k, v in default.get_params().items() if k in old_defaults}
     new_values["hidden_units"] = list(new_values["hidden_units"])
     models = {
@@ -320,6 +328,8 @@ def fit_speed(args, data, old_worker) -> tuple[list[dict], dict]:
             MLPClassifier(hidden_layer_sizes=hidden, alpha=same_l2, random_state=args.seed), None),
         "focal_torch_default_threads": (clone(default).set_params(n_threads=None), None),
         "focal_fixed_50_epochs": (clone(default).set_params(max_epochs=50, n_iter_no_change=51), None),
+        # The training budget before issue 14 (batch 128, lr 1e-3, at least 20 steps per epoch).
+        "focal_issue12_budget": (clone(default).set_params(batch_size=128, lr=1e-3, min_steps_per_epoch=20), None),
         "focal_batch_512": (clone(default).set_params(batch_size=512), None),
         "focal_batch_512_lr_4x": (clone(default).set_params(batch_size=512, lr=4 * default.lr), None),
         "focal_full_batch": (clone(default).set_params(batch_size=len(y)), None),
@@ -400,6 +410,7 @@ def study_speed(args, workers: dict, on_chunk=None) -> dict:
     ``on_chunk(chunks)`` is called after each chunk (to save the partial results of a long run).
     """
     sides = list(workers)
+    space = {side: args.study_space if side == "new" else "default" for side in sides}
     targets = list(range(args.study_chunk, args.trials, args.study_chunk)) + [args.trials]
     chunks, last = [], {}
     for i, n_trials in enumerate(targets):
@@ -409,13 +420,15 @@ def study_speed(args, workers: dict, on_chunk=None) -> dict:
             # Both sides at once, so that both see the same load; the side that finishes its chunk first
             # leaves the other alone with the cores for the rest of it, which can only favour the slower side.
             for side in order:
-                workers[side].send(op="study", n_trials=n_trials, seed=args.seed, cv=5)
+                workers[side].send(op="study", n_trials=n_trials, seed=args.seed, cv=5, space=space[side])
             for side in order:
                 last[side] = workers[side].receive()
                 chunk[f"{side}_s"] = last[side]["seconds"]
         else:
             for side in order:
-                last[side] = workers[side].request(op="study", n_trials=n_trials, seed=args.seed, cv=5)
+                last[side] = workers[side].request(
+                    op="study", n_trials=n_trials, seed=args.seed, cv=5, space=space[side]
+                )
                 chunk[f"{side}_s"] = last[side]["seconds"]
         for side in sides:
             chunk[f"{side}_best"] = last[side]["best_score"]
@@ -431,7 +444,7 @@ def study_speed(args, workers: dict, on_chunk=None) -> dict:
         split_scores = np.asarray(r["best_split_scores"], dtype=float)
         durations = [s for s in r["trial_seconds"] if s is not None]
         rows.append({
-            "code": side,
+            "code": side if space[side] == "default" else f"{side}, {space[side]}_head_search_space",
             "trials": r["trials"],
             "pruned": r["pruned"],
             "study_s": float(sum(c[f"{side}_s"] for c in chunks)),
@@ -443,6 +456,8 @@ def study_speed(args, workers: dict, on_chunk=None) -> dict:
             "trial_seconds": r["trial_seconds"],
             "trial_states": r["trial_states"],
         })  # fmt: skip
+    if len(rows) == 1:  # the new code alone (--study-sides new)
+        return {"rows": rows, "chunks": chunks}
     new, old = rows[0], rows[1]
     speedup = old["study_s"] / new["study_s"]
     chunk_ratios = [c[f"{sides[1]}_s"] / c[f"{sides[0]}_s"] for c in chunks]
@@ -557,6 +572,18 @@ def main():
         action="store_true",
         help="run each chunk of the two studies at the same time (one process each) instead of one after the other",
     )
+    p.add_argument(
+        "--study-space",
+        choices=["default", "mlp"],
+        default="default",
+        help="search space of the new code's study: head_search_space or mlp_head_search_space (hidden layers)",
+    )
+    p.add_argument(
+        "--study-sides",
+        choices=["both", "new"],
+        default="both",
+        help="part B with the old code interleaved (both), or the new code alone (new)",
+    )
     p.add_argument("--no-bf16", action="store_true", help="skip part C (bf16 autocast step times)")
     p.add_argument(
         "--configs",
@@ -619,7 +646,7 @@ def main():
                 print(f"\n{t4}\n\nold / new total time: {total:.2f}", flush=True)
                 tables.append(t4)
                 results["configs"] = {"rows": configs, "old_over_new_total": total}
-            if args.study and "old" not in workers:
+            if args.study and "old" not in workers and args.study_sides == "both":
                 print("Part B needs the old code; skipped", flush=True)
             elif args.study:
                 print(f"\nPart B: {args.trials}-trial HeadSearchCV studies, new vs old code", flush=True)
@@ -631,7 +658,10 @@ def main():
                                    results={**results, "study_chunks_so_far": chunks}, tables=tables,
                                    device="cpu", seconds=time.perf_counter() - t_start)  # fmt: skip
 
-                study = study_speed(args, {"new": workers["new"], "old": workers["old"]}, save_partial)
+                sides = {"new": workers["new"]}
+                if args.study_sides == "both":
+                    sides["old"] = workers["old"]
+                study = study_speed(args, sides, save_partial)
                 t2 = C.md_table(study["rows"], [
                     ("code", "code", ""), ("trials", "trials", "d"), ("pruned", "pruned", "d"),
                     ("study_s", "study s", ".0f"), ("speedup_vs_old", "speed-up", ".2f"),

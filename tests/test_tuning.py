@@ -23,13 +23,11 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from skdfl.heads import FocalHeadClassifier
-from skdfl.model_selection import HIDDEN_UNITS_CHOICES, HeadSearchCV, head_search_space
+from skdfl.model_selection import HIDDEN_UNITS_CHOICES, HeadSearchCV, head_search_space, mlp_head_search_space
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
 
 
 @pytest.fixture(scope="module")
@@ -49,25 +47,31 @@ def _finished(study):
     return [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
 
 
-def test_head_search_space_gives_valid_focal_head_params():
+def test_head_search_space_draws_valid_linear_heads_without_an_epoch_budget():
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(25):
+        trial = study.ask()
+        params = head_search_space(trial)
+        assert set(params) == {"lr", "weight_decay", "hidden_units", "noise_std", "gamma"}
+        FocalHeadClassifier(**params)._validate_params()  # sklearn's constraints accept every sampled value
+        assert params["hidden_units"] == () and "hidden_units" not in trial.params
+        assert 3e-4 <= params["lr"] <= 1e-2 and 1e-3 <= params["weight_decay"] <= 1.0
+        study.tell(trial, 0.5)
+    # The class default weight decay lies inside the searched range, with room on both sides.
+    drawn = [t.params["weight_decay"] for t in study.trials]
+    assert min(drawn) < FocalHeadClassifier().weight_decay < max(drawn)
+
+
+def test_mlp_head_search_space_gives_valid_focal_head_params():
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     seen_hidden = set()
     for _ in range(25):
         trial = study.ask()
-        params = head_search_space(trial)
-        assert set(params) == {
-            "lr",
-            "weight_decay",
-            "hidden_units",
-            "dropout",
-            "noise_std",
-            "gamma",
-            "max_epochs",
-        }
-        head = FocalHeadClassifier(**params)
-        head._validate_params()  # sklearn's parameter constraints accept every sampled value
+        params = mlp_head_search_space(trial)
+        assert set(params) == {"lr", "weight_decay", "hidden_units", "dropout", "noise_std", "gamma"}
+        FocalHeadClassifier(**params)._validate_params()
         assert params["hidden_units"] in HIDDEN_UNITS_CHOICES.values()
-        assert 1e-4 <= params["lr"] <= 3e-2 and 20 <= params["max_epochs"] <= 200
+        assert 1e-4 <= params["lr"] <= 1e-2
         if params["hidden_units"] == ():
             assert params["dropout"] == 0.0 and "dropout" not in trial.params
         seen_hidden.add(params["hidden_units"])
@@ -98,13 +102,20 @@ def test_default_focal_head_and_search_space(data):
     X, y = data
 
     def quick_space(trial):  # the real space, capped to 2 epochs to keep the test fast
-        return {**head_search_space(trial), "max_epochs": 2}
+        return {**mlp_head_search_space(trial), "max_epochs": 2}
 
     search = HeadSearchCV(search_space=quick_space, n_trials=2, cv=2, random_state=0).fit(X, y)
     assert isinstance(search.best_params_["hidden_units"], tuple)
     head = search.best_estimator_.named_steps["focalheadclassifier"]
     assert head.hidden_units == search.best_params_["hidden_units"] and head.max_epochs == 2
     assert search.predict_proba(X[:3]).shape == (3, 2)
+
+    # The default space: linear heads whose drawn settings reach the fitted head, stopped by convergence.
+    search = HeadSearchCV(n_trials=2, cv=2, random_state=0).fit(X, y)
+    head = search.best_estimator_.named_steps["focalheadclassifier"]
+    assert head.hidden_units == () and head.lr == search.best_params_["lr"]
+    assert head.weight_decay == search.best_params_["weight_decay"]
+    assert head.n_iter_ < head.max_epochs
 
 
 def test_bad_settings_are_pruned_after_one_fold(tmp_path, data):

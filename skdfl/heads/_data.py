@@ -101,15 +101,32 @@ class EmbeddingDataset(torch.utils.data.Dataset):
         ((inputs, target),) = self.batches(torch.as_tensor([index]), batch_size=1, training=False)
         return inputs[0], None if target is None else {k: v[0] for k, v in target.items()}
 
-    def _gather(self, rows, training):
-        """Embeddings of ``rows`` (a bank contributes a random draw when training, draw 0 otherwise)."""
+    def _gather(self, rows, training, out=None):
+        """Embeddings of ``rows`` (a bank contributes a random draw when training, draw 0 otherwise).
+
+        With ``out`` (a tensor of the result's shape on the data's device), the rows are written into it.
+        """
         if self.data.ndim == 3:
+            n_draws = self.data.shape[1]
             if training:
-                draws = torch.randint(self.data.shape[1], (len(rows),))
+                draws = torch.randint(n_draws, (len(rows),))
             else:
                 draws = torch.zeros(len(rows), dtype=torch.int64)
-            return self.data[rows.to(self.data.device), draws.to(self.data.device)]
-        return self.data[rows.to(self.data.device)]
+            flat_rows = (rows * n_draws + draws).to(self.data.device)
+            return torch.index_select(self.data.reshape(-1, self.data.shape[2]), 0, flat_rows, out=out)
+        return torch.index_select(self.data, 0, rows.to(self.data.device), out=out)
+
+    def _pass_buffer(self, n_rows):
+        """A tensor for the ``n_rows`` embeddings of a training pass, reused from pass to pass.
+
+        A fresh tensor of this size is new memory on every pass, and writing it first costs page faults that
+        took longer than the gathering itself (4 ms vs 1.5 ms for 4,000 x 1,024 floats on CPU).
+        """
+        shape = (n_rows, self.data.shape[-1])
+        buffer = getattr(self, "_buffer", None)
+        if buffer is None or tuple(buffer.shape) != shape:
+            buffer = self._buffer = torch.empty(shape, dtype=self.data.dtype, device=self.data.device)
+        return buffer
 
     def batches(self, order, batch_size, training, mixup_alpha=0.0):
         """Yield the batches of one pass over the samples at positions ``order``.
@@ -148,7 +165,9 @@ class EmbeddingDataset(torch.utils.data.Dataset):
         if sequential:
             whole = self.data
         elif self.data.numel() * self.data.element_size() <= _MAX_PASS_COPY_BYTES:
-            whole = self._gather(rows, training)
+            # A training pass's batches are consumed before the next pass starts, so passes share a buffer;
+            # other passes (validation, inference) may be kept whole by the caller and get fresh memory.
+            whole = self._gather(rows, training, out=self._pass_buffer(n) if training else None)
         else:
             whole = None
         device_rows = rows.to(self.device)
@@ -224,7 +243,7 @@ class BatchIterator:
 class FeatureMoments:
     """Weighted per-feature mean and standard deviation, accumulated chunk by chunk (for ``partial_fit``).
 
-    Each chunk is summarised in float32 by torch (one pass for the mean, one for the spread), and chunks are
+    Each chunk is summarised in float32 by NumPy (one pass for the mean, one for the spread), and chunks are
     merged in float64 with Chan et al.'s pairwise update; the statistics only set noise and dropout scales,
     for which float32 chunk sums are ample.
 
@@ -244,7 +263,9 @@ class FeatureMoments:
         for start in range(0, n, _MOMENT_CHUNK_ROWS):
             stop = min(start + _MOMENT_CHUNK_ROWS, n)
             index = slice(start, stop) if rows is None else np.asarray(rows)[start:stop]
-            chunk = _as_tensor(np.asarray(X[index], dtype=np.float32))
+            # C order whatever the input's (e.g. a DataFrame's columns): NumPy's sums then add in the same order,
+            # so the statistics, and the noise they scale, do not depend on the container.
+            chunk = np.ascontiguousarray(X[index], dtype=np.float32)
             weight = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)[index]
             if chunk.ndim == 3:
                 n_draws = chunk.shape[1]
@@ -257,15 +278,16 @@ class FeatureMoments:
         for chunk, weight in self._chunks(X, sample_weight, rows):
             if weight is None:
                 total = float(len(chunk))
-                var, mean = torch.var_mean(chunk, dim=0, correction=0)
+                mean = chunk.mean(axis=0)
+                var = np.square(chunk - mean).mean(axis=0)
             else:
                 total = float(weight.sum())
                 if total == 0:
                     continue
-                w = torch.as_tensor(weight / total, dtype=torch.float32)[:, None]
-                mean = (w * chunk).sum(dim=0)
-                var = (w * (chunk - mean) ** 2).sum(dim=0)
-            mean, m2 = mean.double().numpy(), var.double().numpy() * total
+                w = (weight / total).astype(np.float32)
+                mean = w @ chunk
+                var = w @ np.square(chunk - mean)
+            mean, m2 = mean.astype(np.float64), var.astype(np.float64) * total
             if self._mean is None:
                 self._weight, self._mean, self._m2 = total, mean, m2
                 continue

@@ -12,7 +12,13 @@
 from ._compare import compare_backbones
 from ._grid_search import make_selection_search, search_table
 from ._label_efficiency import label_efficiency_curve
-from ._optuna_search import DEFAULT_STUDY_NAME, HIDDEN_UNITS_CHOICES, HeadSearchCV, head_search_space
+from ._optuna_search import (
+    DEFAULT_STUDY_NAME,
+    HIDDEN_UNITS_CHOICES,
+    HeadSearchCV,
+    head_search_space,
+    mlp_head_search_space,
+)
 from ._proxy import PROXY_NOISE_STD, default_head, make_splits, set_head_params
 from ._tables import format_selection_table, selection_summary
 
@@ -28,6 +34,7 @@ __all__ = [
     "label_efficiency_curve",
     "make_selection_search",
     "make_splits",
+    "mlp_head_search_space",
     "search_table",
     "selection_summary",
     "set_head_params",
