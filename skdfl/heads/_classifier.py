@@ -270,7 +270,7 @@ class FocalHeadClassifier(ClassifierMixin, BaseEstimator):
     help, hence the short convergence test (``tol=1e-3``, ``n_iter_no_change=5``). The training budget was then
     halved in steps (``batch_size=256``, ``lr=2e-3``, ``min_steps_per_epoch=10`` instead of 128, 1e-3 and 20;
     stage ``speed`` of the same benchmark): the same balanced accuracy within noise on IDC, BreakHis and CRC,
-    and a default fit 1.6x faster. The README's benchmark section has the tables.
+    and a default fit 1.3-1.7x faster. The README's benchmark section has the tables.
 
     An augmentation bank holds ``n_draws`` embeddings of each training sample (of augmented versions of its
     image). It comes either 2-D with ``bank_size=n_draws`` (the embedder's output, which fits in a Pipeline) or

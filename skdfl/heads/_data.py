@@ -76,6 +76,7 @@ class EmbeddingDataset(torch.utils.data.Dataset):
         if self.device.type != "cpu" and data.numel() * data.element_size() <= _MAX_DEVICE_COPY_BYTES:
             data = data.to(self.device)
         self.data = data
+        self._buffer = None  # the training passes' gather buffer (see _pass_buffer)
         self.targets = (
             None if y is None else torch.as_tensor(np.asarray(y, dtype=np.int64), device=self.device)
         )
@@ -123,7 +124,7 @@ class EmbeddingDataset(torch.utils.data.Dataset):
         took longer than the gathering itself (4 ms vs 1.5 ms for 4,000 x 1,024 floats on CPU).
         """
         shape = (n_rows, self.data.shape[-1])
-        buffer = getattr(self, "_buffer", None)
+        buffer = self._buffer
         if buffer is None or tuple(buffer.shape) != shape:
             buffer = self._buffer = torch.empty(shape, dtype=self.data.dtype, device=self.data.device)
         return buffer
