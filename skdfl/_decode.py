@@ -12,15 +12,21 @@ Measured on the real images of ``../shared/data`` (``benchmarks/bench_extraction
   the smaller size, which skips most of the decode *and* most of the resize. The pixels then differ
   slightly from "full decode + resize" (tolerance in ``tests/test_decode.py``).
 * **Everything else** (TIFF, BMP, WebP, CMYK JPEGs, ...): ``None``, i.e. Pillow.
+
+JPEGs can also be decoded **on the device** (``BackboneEmbedder(decode="device")``): :func:`read_jpeg_file`
+reads the raw bytes and checks the header in the loader, :func:`decode_jpegs` decodes a whole batch with
+nvJPEG on CUDA (``torchvision.io.decode_jpeg(device="cuda")``; libjpeg-turbo on a CPU device).
 """
 
 from __future__ import annotations
 
 import functools
 import struct
+import warnings
 from collections.abc import Callable
 
 import numpy as np
+import torch
 from PIL import Image
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -149,6 +155,59 @@ def _decode_jpeg(
     return img
 
 
+def read_jpeg_file(path, *, max_pixels: int | None | str = "pil") -> torch.Tensor | None:
+    """The bytes of a JPEG file :func:`decode_jpegs` can decode, as a 1-D uint8 tensor, or ``None``.
+
+    ``None`` for anything else, left to the CPU decoders and their error messages: another format, a header
+    libjpeg-turbo rejects, CMYK/YCCK colour (Pillow's conversion is the reference), or more pixels than
+    ``max_pixels`` (``"pil"``: ``PIL.Image.MAX_IMAGE_PIXELS`` at call time; ``None``: no limit), so that
+    the decompression-bomb check runs where it always does. Read errors propagate as :class:`OSError`.
+    """
+    if simplejpeg is None:  # pragma: no cover
+        return None
+    if max_pixels == "pil":
+        max_pixels = Image.MAX_IMAGE_PIXELS
+    with open(path, "rb") as f:
+        head = f.read(3)
+        if head != _JPEG_MAGIC:
+            return None
+        data = head + f.read()
+    try:
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:
+        return None
+    if colorspace not in ("Gray", "YCbCr", "RGB") or _too_big(height, width, max_pixels):
+        return None
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+def device_jpeg_decoder_available(device: torch.device) -> bool:
+    """Whether :func:`decode_jpegs` can decode on ``device`` (torchvision's image ops; nvJPEG on CUDA)."""
+    if device.type not in ("cpu", "cuda"):
+        return False
+    try:
+        from torchvision.io import decode_jpeg  # noqa: F401
+    except ImportError:  # pragma: no cover
+        return False
+    return device.type == "cpu" or torch.cuda.is_available()
+
+
+def decode_jpegs(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """Decode 1-D uint8 JPEG byte tensors (on the CPU) to RGB uint8 ``(3, h, w)`` tensors on ``device``.
+
+    On CUDA the whole list goes to nvJPEG in one batched call. Raises ``RuntimeError`` when a stream is
+    rejected; the caller then decodes that batch on the CPU.
+    """
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    with warnings.catch_warnings():
+        # torchvision 0.29 deprecates its decoders for TorchCodec, whose CUDA builds are not on PyPI and
+        # which needs torch >= 2.11; torchvision's nvJPEG path is the one that installs everywhere today.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.")
+        warnings.filterwarnings("ignore", message=".*decoding and encoding capabilities of TorchVision.*")
+        return list(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+
+
 def shrink_request(
     size: tuple[int, int], policy: str, *, scale: float | None = None, crop_pct: float = 1.0
 ) -> ShrinkRequest | None:
@@ -178,4 +237,11 @@ def _pad_size(height: int, width: int, h: int, w: int) -> tuple[int, int]:
     return max(1, round(h * factor)), max(1, round(w * factor))
 
 
-__all__ = ["ShrinkRequest", "decode_image_file", "shrink_request"]
+__all__ = [
+    "ShrinkRequest",
+    "decode_image_file",
+    "decode_jpegs",
+    "device_jpeg_decoder_available",
+    "read_jpeg_file",
+    "shrink_request",
+]

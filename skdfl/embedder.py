@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import os
 import threading
 import warnings
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from numbers import Integral, Real
 from pathlib import Path
 
@@ -41,7 +43,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ._decode import decode_image_file, shrink_request
+from ._decode import (
+    decode_image_file,
+    decode_jpegs,
+    device_jpeg_decoder_available,
+    read_jpeg_file,
+    shrink_request,
+)
 from ._device import PRECISIONS, autocast, resolve_device, resolve_num_workers, resolve_precision
 from ._version import __version__
 from .augment import augment, augmentation_key, check_augmentations, resolve_augmentations
@@ -49,8 +57,14 @@ from .backbones import load_backbone, weights_fingerprint
 from .io import as_sources, read_image
 from .stain import make_stain_normalizers
 from .storage import CacheCorruptionWarning, CacheWriteWarning, EmbeddingCache, as_cache
-from .transforms import RESIZE_POLICIES, fit_geometry
-from .views import View, apply_color, feature_names, resolve_views
+from .transforms import (
+    RESIZE_POLICIES,
+    TENSOR_INTERPOLATIONS,
+    TENSOR_POLICIES,
+    fit_geometry,
+    fit_geometry_tensors,
+)
+from .views import View, apply_color, feature_names, resolve_views, to_gray_tensors
 
 # Backbones loaded by name in this process, most recent last; at most a couple are kept (a ViT-g is GBs).
 _SHARED_BACKBONES: OrderedDict[tuple, tuple[nn.Module, dict, dict]] = OrderedDict()
@@ -63,6 +77,18 @@ _FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 SIGNATURE_FORMAT = 1
 # Progress bars appear only for calls still running after this many seconds (tqdm's delay).
 PROGRESS_DELAY_S = 2.0
+DECODE_MODES = ("auto", "cpu", "device")
+WORKER_TYPES = ("auto", "thread", "process")
+# num_workers="auto" starts at most this many decoding threads: on a 16-core H200 machine 8 threads decoded
+# 1.2-1.5x faster than 15, which contend for the GIL (benchmarks/bench_gpu_loader.py).
+MAX_AUTO_THREADS = 8
+# Device types on which decode="auto" decodes JPEG files on the device (see the decode parameter).
+AUTO_DEVICE_DECODE = ("cuda",)
+# Colours the device path computes; stain colours and augmentations need the CPU pipeline.
+DEVICE_COLORS = ("rgb", "gray")
+# On an accelerator, loader items are 1/8 of a batch or the nearest larger divisor (>= 8 samples).
+LOADER_CHUNKS_PER_BATCH = 8
+LOADER_MIN_CHUNK = 8
 
 
 def _memoised_fingerprint(module: nn.Module) -> str:
@@ -82,6 +108,47 @@ def _compiled(module: nn.Module, device: torch.device) -> nn.Module:
     if str(device) not in per_device:
         per_device[str(device)] = torch.compile(module)
     return per_device[str(device)]
+
+
+# Decoding thread pools by size, started once per process: a call of a few images pays no start-up.
+_THREAD_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _thread_pool(n_threads: int) -> ThreadPoolExecutor:
+    with _SHARED_LOCK:
+        if n_threads not in _THREAD_POOLS:
+            _THREAD_POOLS[n_threads] = ThreadPoolExecutor(n_threads, thread_name_prefix="skdfl-decode")
+        return _THREAD_POOLS[n_threads]
+
+
+def threaded_items(dataset, chunk: int, collate, n_threads: int, *, pin_memory: bool = False):
+    """The items a ``DataLoader(dataset, batch_size=chunk, collate_fn=collate)`` yields, built by threads.
+
+    Items are built by a shared pool of ``n_threads`` threads, at most ``2 * n_threads`` ahead, and yielded
+    in order; an item's exception is raised when its turn comes. Decoders and resizers release the GIL
+    (Pillow, libjpeg-turbo, libpng, NumPy), so threads decode in parallel without starting worker processes
+    at every call or pickling every item: with processes, the nvJPEG path of ``benchmarks/bench_gpu.py``
+    took ~0.8 s more per call of 1,024 JPEGs on an H200 machine (3.5x slower), and PNG rows were no faster.
+    """
+    n = len(dataset)
+
+    def build(start: int):
+        item = collate([dataset[k] for k in range(start, min(start + chunk, n))])
+        return item.pin_memory() if pin_memory and isinstance(item, torch.Tensor) else item
+
+    starts = iter(range(0, n, chunk))
+    pool = _thread_pool(n_threads)
+    window = deque(pool.submit(build, start) for start in itertools.islice(starts, 2 * n_threads))
+    try:
+        while window:
+            item = window.popleft().result()
+            start = next(starts, None)
+            if start is not None:
+                window.append(pool.submit(build, start))
+            yield item
+    finally:
+        for future in window:  # an error or an interrupted call: drop the work not started yet
+            future.cancel()
 
 
 def _mtime(path) -> float | None:
@@ -159,6 +226,74 @@ class ViewDataset(Dataset):
         return read_image(cell, where, max_pixels=self.max_pixels)
 
 
+class DeviceBatch:
+    """A batch whose images are brought to the input size on the device by the extraction loop.
+
+    ``data`` holds one uint8 tensor per (sample, source), sample-major: the bytes of a JPEG file (1-D), for
+    the device's decoder, or the image decoded on the CPU at its own size (``(h, w, 3)``). ``positions``
+    are the samples' dataset positions (to run them through the CPU path when the device decoder rejects
+    a stream).
+    """
+
+    def __init__(self, positions: list[int], data: list[torch.Tensor]):
+        self.positions = positions
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def pin_memory(self):
+        # The DataLoader pins batches that define pin_memory; images of many sizes are copied one by one.
+        return self
+
+
+class DeviceGeometryDataset(ViewDataset):
+    """A :class:`ViewDataset` whose images are resized, padded and coloured on the device, not here.
+
+    Item ``k`` is ``(k, [one uint8 tensor per source])``: with ``jpeg_bytes``, the raw bytes of a JPEG file
+    :func:`~skdfl._decode.read_jpeg_file` accepts (decoded on the device); otherwise the image decoded at
+    full size (another format, an array cell, a CMYK or too large JPEG: the CPU decoders and their error
+    messages). Batch with :meth:`collate` into a :class:`DeviceBatch`. Only identity augmentation and
+    rgb/gray colours: the device computes those (``DEVICE_COLORS``).
+    """
+
+    def __init__(self, *args, jpeg_bytes: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        if any(augmentation != "identity" or view.color not in DEVICE_COLORS for augmentation, view in self.units):
+            raise ValueError(
+                f"DeviceGeometryDataset supports plain views in colours {DEVICE_COLORS}, got {self.units}"
+            )
+        self.jpeg_bytes = jpeg_bytes
+        # The geometry runs on the device: decode at full size (no DCT-scaled decode to the target size).
+        self.shrink_to = None
+        self.device_sources = list(dict.fromkeys(view.source for _, view in self.units))
+
+    def __getitem__(self, k: int):
+        i = int(self.indices[k])
+        data = []
+        for source in self.device_sources:
+            cell = self.sources[source][i]
+            encoded = None
+            if self.jpeg_bytes and isinstance(cell, (str, os.PathLike)):
+                try:
+                    encoded = read_jpeg_file(cell, max_pixels=self.max_pixels)
+                except OSError:
+                    encoded = None  # _read words the error (missing file, permissions)
+            if encoded is None:
+                # Decoders may hand back read-only arrays (Pillow's buffer): torch wants writable memory.
+                pixels = np.require(self._read(cell, f"sample {i}, source {source!r}"), requirements=["C", "W"])
+                encoded = torch.from_numpy(pixels)
+            data.append(encoded)
+        return k, data
+
+    def decoded(self, k: int) -> torch.Tensor:
+        """Item ``k`` decoded and fitted on the CPU, as :class:`ViewDataset` gives it."""
+        return super().__getitem__(k)
+
+    def collate(self, items: list) -> DeviceBatch:
+        return DeviceBatch([k for k, _ in items], [d for _, data in items for d in data])
+
+
 class BackboneEmbedder(TransformerMixin, BaseEstimator):
     """Embed images with a frozen, pretrained backbone; concatenate the embeddings of several views.
 
@@ -200,12 +335,29 @@ class BackboneEmbedder(TransformerMixin, BaseEstimator):
     batch_size : int, default=32
         Images (samples) per forward pass.
     num_workers : int or "auto", default="auto"
-        DataLoader worker processes decoding files; ``0`` decodes in the main process, serially with the
-        forward pass. ``"auto"`` (:func:`skdfl._device.resolve_num_workers`): on CUDA/MPS every CPU core
-        but one; on a CPU ``0`` up to 2 cores (a worker would only take cores from the forward pass), then
-        one per 8 cores; never more than there are batches. With workers, ``X``'s cells must pickle.
+        Workers decoding files; ``0`` decodes in the main process, serially with the forward pass.
+        ``"auto"`` (:func:`skdfl._device.resolve_num_workers`): on CUDA/MPS every CPU core but one; on a
+        CPU ``0`` up to 2 cores (a worker would only take cores from the forward pass), then one per 8
+        cores; never more than there are loader items (a batch, or 1/8 of one on CUDA/MPS).
+    worker_type : {"auto", "thread", "process"}, default="auto"
+        What the ``num_workers`` workers are: ``"thread"``, a shared pool of threads in this process
+        (no start-up per call; the decoders release the GIL; ``num_workers="auto"`` starts at most 8, since
+        more contend for the GIL); ``"process"``, DataLoader worker processes (``X``'s cells must pickle).
+        ``"auto"``: threads on CUDA/MPS, processes on a CPU.
     device : str, default="auto"
         ``"auto"`` picks CUDA, then MPS, then CPU.
+    decode : {"auto", "cpu", "device"}, default="auto"
+        Where images are decoded and brought to the input size. ``"cpu"``: in the loader (workers), with
+        libjpeg-turbo's DCT scaling when a JPEG shrinks >= 2x and Pillow's resize. ``"device"``: the loader
+        only reads JPEG files' bytes and decodes other images at full size; the device decodes the JPEGs of
+        a batch in one call (nvJPEG on CUDA; libjpeg-turbo through torchvision on a CPU; the loader's
+        decoders elsewhere), then resizes, pads and greys every image with torch's antialiased resize
+        (:func:`skdfl.transforms.fit_geometry_tensors`: Pillow's kernels, pixels within rounding of
+        Pillow's at full decode). It applies when ``resize`` is ``"pad"`` or ``"stretch"``, the
+        interpolation bilinear or bicubic, colours rgb/gray and no ``augmentations``; other settings take
+        the CPU path, as does a batch the device decoder rejects. ``"auto"``: ``"device"`` on CUDA, ``"cpu"``
+        elsewhere. The embeddings differ slightly between the two (cosine > 0.999): the choice is part of
+        :meth:`embedding_signature`.
     precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
         Autocast precision of the forward pass. ``"auto"`` is bf16 on a CPU with native bf16 support
         (with ``channels_last``, measured ~3x faster than fp32 for DenseNet-121 on 2 cores, embeddings
@@ -280,8 +432,10 @@ class BackboneEmbedder(TransformerMixin, BaseEstimator):
         "scale": [Interval(Real, 0, None, closed="neither"), None],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "num_workers": [Interval(Integral, 0, None, closed="left"), StrOptions({"auto"})],
+        "worker_type": [StrOptions(set(WORKER_TYPES))],
         "compile": ["boolean"],
         "device": [str, torch.device],
+        "decode": [StrOptions(set(DECODE_MODES))],
         "precision": [StrOptions(set(PRECISIONS))],
         "random_state": [Interval(Integral, 0, None, closed="left")],
         "verbose": ["verbose"],
@@ -304,7 +458,9 @@ class BackboneEmbedder(TransformerMixin, BaseEstimator):
         scale=None,
         batch_size=32,
         num_workers="auto",
+        worker_type="auto",
         device="auto",
+        decode="auto",
         precision="auto",
         compile=False,
         random_state=0,
@@ -324,7 +480,9 @@ class BackboneEmbedder(TransformerMixin, BaseEstimator):
         self.scale = scale
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.worker_type = worker_type
         self.device = device
+        self.decode = decode
         self.precision = precision
         self.compile = compile
         self.random_state = random_state
@@ -467,20 +625,26 @@ class BackboneEmbedder(TransformerMixin, BaseEstimator):
                 f"X lacks the source columns {missing} this embedder was fitted with; got {list(sources)}"
             )
 
-    def view_dataset(self, sources, indices=None) -> ViewDataset:
+    def view_dataset(self, sources, indices=None, *, geometry="cpu") -> ViewDataset:
         """The torch ``Dataset`` :meth:`embed_rows` reads: item ``k`` holds every view of row ``indices[k]``.
 
-        Items are uint8 tensors ``(n_augmentations_ * len(views_), H, W, 3)`` (augmentation-major), brought
-        to :attr:`input_size_`, augmented and coloured
-        but not normalised (``embed_rows`` normalises whole batches on the device with
-        ``data_config_["mean"]`` / ``["std"]``). For profiling the input pipeline and for custom loops
-        (batch the items with :func:`stack_samples`, as ``embed_rows`` does).
+        With ``geometry="cpu"``, items are uint8 tensors ``(n_augmentations_ * len(views_), H, W, 3)``
+        (augmentation-major), brought to :attr:`input_size_`, augmented and coloured but not normalised
+        (``embed_rows`` normalises whole batches on the device with ``data_config_["mean"]`` / ``["std"]``).
+        For profiling the input pipeline and for custom loops (batch the items with :func:`stack_samples`,
+        as ``embed_rows`` does). With ``geometry="device"``, the :class:`DeviceGeometryDataset` that
+        ``embed_rows`` reads when images are fitted on the device (the ``decode`` parameter): items are
+        ``(k, [JPEG bytes or full-size pixels of each source])``; a ``ValueError`` if this embedder's
+        views need the CPU pipeline.
         """
         check_is_fitted(self)
         self.check_sources(sources)
+        if geometry not in ("cpu", "device"):
+            raise ValueError(f"geometry must be 'cpu' or 'device', got {geometry!r}")
         if indices is None:
             indices = np.arange(len(sources[self.views_[0].source]))
-        return self._view_dataset(sources, indices, self._units())
+        device = resolve_device(self.device) if geometry == "device" else None
+        return self._view_dataset(sources, indices, self._units(), device=device)
 
     def embedding_signature(self) -> dict:
         """Everything besides the image that determines this fitted embedder's output for one view.
@@ -511,15 +675,34 @@ class BackboneEmbedder(TransformerMixin, BaseEstimator):
             "crop_pct": config.get("crop_pct", 1.0) or 1.0,
             "mean": [float(m) for m in config["mean"]],
             "std": [float(s) for s in config["std"]],
-            # JPEGs shrunk >= 2x are decoded at a reduced DCT scale (skdfl._decode): other pixels.
-            "jpeg_decode": "dct-scaled",
+            # JPEGs shrunk >= 2x are decoded at a reduced DCT scale (skdfl._decode); or images are decoded at
+            # full size (JPEGs by the device) and resized on the device (decode="device"): other pixels.
+            "jpeg_decode": "device" if self._geometry_on_device(resolve_device(self.device)) else "dct-scaled",
             "precision": "fp32" if dtype is None else str(dtype).removeprefix("torch."),
             "embedding_dim": int(self.embedding_dim_),
         }
 
     # ------------------------------------------------------------ internals
-    def _view_dataset(self, sources, indices, views) -> ViewDataset:
-        return ViewDataset(
+    def _geometry_on_device(self, device: torch.device) -> bool:
+        """Whether images are resized on ``device`` and JPEGs decoded there (the ``decode`` parameter's rules).
+
+        Decided per embedder, not per call, so that a cached (image, view) always has the same pixels.
+        """
+        mode = self.decode
+        if mode == "cpu" or (mode == "auto" and device.type not in AUTO_DEVICE_DECODE):
+            return False
+        return (
+            self.n_augmentations_ == 1
+            and all(view.color in DEVICE_COLORS for view in self.views_)
+            and self.resize in TENSOR_POLICIES
+            and self.data_config_.get("interpolation", "bicubic") in TENSOR_INTERPOLATIONS
+        )
+
+    def _view_dataset(self, sources, indices, views, *, device=None) -> ViewDataset:
+        """The CPU pipeline's :class:`ViewDataset`, or with ``device`` a :class:`DeviceGeometryDataset`."""
+        extra = {} if device is None else {"jpeg_bytes": device_jpeg_decoder_available(device)}
+        dataset_class = ViewDataset if device is None else DeviceGeometryDataset
+        return dataset_class(
             sources,
             views,
             indices,
@@ -531,6 +714,7 @@ class BackboneEmbedder(TransformerMixin, BaseEstimator):
             normalizers=self.stain_normalizers_,
             random_state=self.random_state,
             max_pixels=self.max_image_pixels,
+            **extra,
         )
 
     def _units(self) -> list[tuple[str, View]]:
@@ -556,16 +740,21 @@ class BackboneEmbedder(TransformerMixin, BaseEstimator):
         out = np.empty((len(indices), n_views * dim), dtype=np.float32)
         if len(indices) == 0:
             return out
-        n_batches = -(-len(indices) // self.batch_size)
-        loader = DataLoader(
-            self._view_dataset(sources, indices, views),
-            batch_size=self.batch_size,
-            num_workers=resolve_num_workers(self.num_workers, device, n_batches),
-            # Page-locked batches make the host->GPU copy asynchronous (non_blocking below).
-            pin_memory=device.type == "cuda",
-            persistent_workers=False,
-            collate_fn=stack_samples,
-        )
+        on_device = self._geometry_on_device(device)
+        dataset = self._view_dataset(sources, indices, views, device=device if on_device else None)
+        chunk = self._loader_chunk(device)
+        workers = resolve_num_workers(self.num_workers, device, -(-len(indices) // chunk))
+        collate = dataset.collate if on_device else stack_samples
+        # Page-locked items make the host->GPU copy asynchronous (non_blocking in _device_batches).
+        pin_memory = device.type == "cuda"
+        threads = self.worker_type == "thread" or (self.worker_type == "auto" and device.type != "cpu")
+        if workers > 0 and threads:
+            if self.num_workers == "auto":
+                workers = min(workers, MAX_AUTO_THREADS)
+            loader = threaded_items(dataset, chunk, collate, workers, pin_memory=pin_memory)
+        else:
+            loader = DataLoader(dataset, batch_size=chunk, num_workers=workers, pin_memory=pin_memory,
+                                persistent_workers=False, collate_fn=collate)  # fmt: skip
         memory_format = torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
         module = self.module_.to(device=device, memory_format=memory_format)
         if self.compile:
@@ -582,10 +771,7 @@ class BackboneEmbedder(TransformerMixin, BaseEstimator):
             total=len(indices) * n_views, desc="embedding", unit="img", disable=not verbose, leave=False,
             delay=PROGRESS_DELAY_S,
         ) as bar:
-            for batch in loader:
-                b = batch.shape[0]
-                # NHWC -> NCHW is a view with channels_last strides: no copy, the layout the model wants.
-                x = batch.to(device, non_blocking=True).flatten(0, 1).permute(0, 3, 1, 2).float()
+            for b, x in self._device_batches(loader, dataset, device):
                 x = torch.addcmul(shift, x, scale).contiguous(memory_format=memory_format)
                 with autocast(device, dtype):
                     feats = self._forward(module, x)
@@ -597,6 +783,84 @@ class BackboneEmbedder(TransformerMixin, BaseEstimator):
                 "the backbone produced NaN/inf embeddings; try precision='fp32'"
             )
         return out
+
+    def _loader_chunk(self, device: torch.device) -> int:
+        """Samples per loader item: a whole batch on a CPU, a fraction of one on an accelerator.
+
+        A DataLoader worker builds a whole item alone, so at batch 256 a call of 1,024 images would keep
+        only 4 of a GPU machine's decoding workers busy; smaller items spread the decoding over all of
+        them, and :meth:`_device_batches` joins them back into ``batch_size`` forward passes.
+        """
+        if device.type == "cpu":
+            return self.batch_size
+        # A divisor of batch_size, so that joined items make exactly batch_size forward passes.
+        for parts in range(LOADER_CHUNKS_PER_BATCH, 1, -1):
+            if self.batch_size % parts == 0 and self.batch_size // parts >= LOADER_MIN_CHUNK:
+                return self.batch_size // parts
+        return self.batch_size
+
+    def _device_batches(self, loader, dataset, device):
+        """``(n_samples, images)`` forward batches of ``batch_size`` samples from the loader's items.
+
+        Images are float ``(n_samples * n_views, 3, H, W)`` on ``device``, not yet normalised. Items of the
+        CPU pipeline are copied to the device as they arrive (asynchronously from pinned memory) and joined
+        there; :class:`DeviceBatch` items are joined first, so that the device decodes a batch in one call.
+        """
+        parts, pending = [], 0
+        for item in loader:
+            parts.append(item if isinstance(item, DeviceBatch) else item.to(device, non_blocking=True))
+            pending += len(item)
+            if pending >= self.batch_size:
+                yield pending, self._join_items(parts, dataset, device)
+                parts, pending = [], 0
+        if parts:
+            yield pending, self._join_items(parts, dataset, device)
+
+    def _join_items(self, parts: list, dataset, device) -> torch.Tensor:
+        if isinstance(parts[0], DeviceBatch):
+            joined = DeviceBatch([k for p in parts for k in p.positions], [d for p in parts for d in p.data])
+            return self._device_images(joined, dataset, device)
+        images = torch.cat(parts) if len(parts) > 1 else parts[0]
+        # NHWC -> NCHW is a view with channels_last strides: no copy, the layout the model wants.
+        return images.flatten(0, 1).permute(0, 3, 1, 2).float()
+
+    def _device_images(self, batch: DeviceBatch, dataset: DeviceGeometryDataset, device) -> torch.Tensor:
+        """Decode, fit and colour a batch on ``device``: float ``(len(batch) * n_views, 3, H, W)``."""
+        images: list = [None] * len(batch.data)
+        # Images decoded by the loader go to the device one block per size: one copy, not one per image.
+        by_shape: dict[tuple, list[int]] = {}
+        for j, d in enumerate(batch.data):
+            if d.ndim == 3:
+                by_shape.setdefault(tuple(d.shape), []).append(j)
+        for members in by_shape.values():
+            block = torch.stack([batch.data[j] for j in members]).to(device, non_blocking=True).permute(0, 3, 1, 2)
+            for j, image in zip(members, block, strict=True):
+                images[j] = image
+        jpeg = [j for j, d in enumerate(batch.data) if d.ndim == 1]
+        if jpeg:
+            try:
+                decoded = decode_jpegs([batch.data[j] for j in jpeg], device)
+            except RuntimeError:
+                # A stream the device decoder rejects (nvJPEG lacks some JPEG variants): this batch takes
+                # the CPU path, which decodes it or names the broken file.
+                cpu = stack_samples([dataset.decoded(k) for k in batch.positions])
+                return cpu.to(device).flatten(0, 1).permute(0, 3, 1, 2).float()
+            for j, image in zip(jpeg, decoded, strict=True):
+                images[j] = image
+        fitted = fit_geometry_tensors(
+            images,
+            self.input_size_,
+            self.resize,
+            interpolation=self.data_config_.get("interpolation", "bicubic"),
+            scale=self.scale,
+        )
+        fitted = fitted.view(len(batch), len(dataset.device_sources), *fitted.shape[1:])
+        column = {source: j for j, source in enumerate(dataset.device_sources)}
+        views = []
+        for _, view in dataset.units:
+            image = fitted[:, column[view.source]]
+            views.append(image if view.color == "rgb" else to_gray_tensors(image))
+        return torch.stack(views, 1).flatten(0, 1)
 
     def _embed_cached(self, cache: EmbeddingCache, sources, indices, verbose) -> np.ndarray:
         """:meth:`_embed_views` of every view through ``cache`` (keys: see the module docstring).
@@ -686,6 +950,12 @@ class BackboneEmbedder(TransformerMixin, BaseEstimator):
             state["module_"] = copy.deepcopy(module).cpu()
         return state
 
+    def __setstate__(self, state):
+        # Models pickled before these parameters existed decoded every JPEG on the CPU, in processes.
+        state.setdefault("decode", "cpu")
+        state.setdefault("worker_type", "process")
+        super().__setstate__(state)
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.two_d_array = False
@@ -695,4 +965,4 @@ class BackboneEmbedder(TransformerMixin, BaseEstimator):
         return tags
 
 
-__all__ = ["BackboneEmbedder", "View", "ViewDataset", "stack_samples"]
+__all__ = ["BackboneEmbedder", "DeviceBatch", "DeviceGeometryDataset", "View", "ViewDataset", "stack_samples"]

@@ -19,6 +19,12 @@ Resize policies (``resize=`` on :class:`~skdfl.BackboneEmbedder`):
     No geometry; every image must already have the input size (an error names the first that does not).
 
 Normalisation with the backbone's mean/std happens on the device, batched, in the embedder.
+
+:func:`fit_geometry` works on one uint8 array on the CPU (Pillow's resize); :func:`fit_geometry_tensors` is
+its counterpart for images already on a device (JPEGs decoded by nvJPEG), for ``"pad"`` and ``"stretch"``
+with bilinear or bicubic interpolation (:data:`TENSOR_INTERPOLATIONS`): torch's antialiased resize uses
+Pillow's kernels (bicubic ``a = -0.5``, support widened when shrinking), so the two agree within rounding
+(tolerances in ``tests/test_device_decode.py``).
 """
 
 from __future__ import annotations
@@ -26,10 +32,15 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image
 
 RESIZE_POLICIES = ("pad", "stretch", "crop", "none")
 PAD_VALUE = 255
+#: Resize policies and interpolations :func:`fit_geometry_tensors` implements.
+TENSOR_POLICIES = ("pad", "stretch")
+TENSOR_INTERPOLATIONS = ("bilinear", "bicubic")
 
 _PIL_FILTERS = {
     "nearest": Image.Resampling.NEAREST,
@@ -110,3 +121,55 @@ def fit_geometry(
             )
         return img
     raise ValueError(f"unknown resize policy {policy!r}; choose from {RESIZE_POLICIES}")
+
+
+def _target_size(h: int, w: int, size: tuple[int, int], policy: str, scale: float | None) -> tuple[int, int]:
+    """The size :func:`fit_geometry` resizes an ``h x w`` image to before padding (``"pad"``) or as is."""
+    height, width = size
+    if policy == "stretch":
+        return height, width
+    factor = scale if scale is not None else min(height / h, width / w)
+    return max(1, round(h * factor)), max(1, round(w * factor))
+
+
+def fit_geometry_tensors(
+    images: list[torch.Tensor],
+    size: tuple[int, int],
+    policy: str = "pad",
+    *,
+    interpolation: str = "bicubic",
+    scale: float | None = None,
+) -> torch.Tensor:
+    """:func:`fit_geometry` for uint8 ``(3, h, w)`` tensors on any device: float ``(n, 3, H, W)``.
+
+    Images of equal size are resized together (one kernel per distinct size). The values are rounded and
+    clipped to ``[0, 255]`` as Pillow's uint8 output is, so a grey conversion or normalisation that follows
+    sees the numbers the CPU path would. Only ``policy`` in :data:`TENSOR_POLICIES` and ``interpolation`` in
+    :data:`TENSOR_INTERPOLATIONS`; anything else is a ``ValueError`` (use :func:`fit_geometry`).
+    """
+    if policy not in TENSOR_POLICIES:
+        raise ValueError(f"fit_geometry_tensors supports resize policies {TENSOR_POLICIES}, got {policy!r}")
+    if interpolation not in TENSOR_INTERPOLATIONS:
+        raise ValueError(f"fit_geometry_tensors supports interpolations {TENSOR_INTERPOLATIONS}, got {interpolation!r}")
+    height, width = size
+    if not images:
+        raise ValueError("fit_geometry_tensors needs at least one image")
+    out = torch.full((len(images), 3, height, width), float(PAD_VALUE), device=images[0].device)
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for k, img in enumerate(images):
+        if img.ndim != 3 or img.shape[0] != 3:
+            raise ValueError(f"image {k} has shape {tuple(img.shape)}; expected (3, h, w)")
+        by_size.setdefault((int(img.shape[1]), int(img.shape[2])), []).append(k)
+    for (h, w), members in by_size.items():
+        batch = torch.stack([images[k] for k in members]).float()
+        new_h, new_w = _target_size(h, w, size, policy, scale)
+        if (new_h, new_w) != (h, w):
+            batch = F.interpolate(batch, size=(new_h, new_w), mode=interpolation, antialias=True, align_corners=False)
+            batch = batch.round_().clamp_(0, 255)
+        # As _pad_to: centre-crop what overflows (a fixed pad scale), then centre in the padded canvas.
+        top, left = max(0, (new_h - height) // 2), max(0, (new_w - width) // 2)
+        batch = batch[:, :, top : top + height, left : left + width]
+        h2, w2 = batch.shape[-2:]
+        dst_top, dst_left = (height - h2) // 2, (width - w2) // 2
+        out[members, :, dst_top : dst_top + h2, dst_left : dst_left + w2] = batch
+    return out

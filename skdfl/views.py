@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
+import torch
 
 from .stain import STAIN_COLORS, make_stain_normalizers
 
@@ -75,6 +76,12 @@ def to_gray(img: np.ndarray) -> np.ndarray:
     """Luminance of an ``(H, W, 3)`` uint8 image replicated to 3 channels (uint8)."""
     luma = np.rint(img.astype(np.float32) @ _LUMA).clip(0, 255).astype(np.uint8)
     return np.repeat(luma[..., None], 3, axis=-1)
+
+
+def to_gray_tensors(images: torch.Tensor) -> torch.Tensor:
+    """:func:`to_gray` for float ``(n, 3, H, W)`` tensors holding uint8 values, on any device."""
+    luma = torch.as_tensor(_LUMA, device=images.device).view(1, 3, 1, 1)
+    return (images * luma).sum(1, keepdim=True).round_().clamp_(0, 255).expand(-1, 3, -1, -1)
 
 
 def apply_color(img: np.ndarray, color: str, normalizers: Mapping | None = None) -> np.ndarray:

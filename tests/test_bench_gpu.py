@@ -31,7 +31,33 @@ def test_bench_gpu_cpu_fallback_writes_rows(tmp_path):
         assert row["n"] == 16 and row["bare_img_s"] > 0 and row["skdfl_img_s"] > 0
         # Both sides embed the same images with the same module: a ratio off by 20x means a broken side.
         assert 0.05 < row["ratio"] < 20
+    for row in rows:
+        assert row["decode_cpu_img_s"] > 0 and row["decode_device_img_s"] > 0
+        assert row["decode_cosine_min"] > 0.99, "both decode paths embed the same images alike"
+        assert row["decode"] == "dct-scaled", "decode='auto' keeps decoding on the CPU when the device is a CPU"
     heads = {r["head"]: r for r in record["results"]["heads"]}
     assert set(heads) == {"FocalHeadClassifier()", "LogisticRegression"}
     assert all(r["fit_s"] > 0 and r["train_accuracy"] > 0.6 for r in heads.values())
     assert record["machine"]["device"] == "cpu"
+
+
+@pytest.mark.data
+@pytest.mark.skipif(not DATA.is_dir(), reason=f"real data folder {DATA} is absent")
+def test_bench_gpu_loader_cpu_fallback_splits_the_input_side(tmp_path):
+    out = tmp_path / "gpu_loader.json"
+    env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    subprocess.run(
+        [sys.executable, "benchmarks/bench_gpu_loader.py", "--device", "cpu", "--quick", "--data-dir", str(DATA),
+         "--out", str(out)],
+        cwd=ROOT, env=env, check=True, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    record = json.loads(out.read_text())
+    items = {r["images"]: r for r in record["results"]["items"]}
+    assert set(items) == {"IDC 50x50 PNG", "BreakHis 700x460 PNG", "BreakHis JPEG (CPU)"}
+    # A 700x460 PNG costs several times a 50x50 one to decode and fit, whatever the machine.
+    assert items["BreakHis 700x460 PNG"]["item_ms"] > 2 * items["IDC 50x50 PNG"]["item_ms"]
+    assert all(r["threads_1"] > 0 and r["threads_2"] > 0 and r["device_threads"] > 0 for r in items.values())
+    # decode="device" leaves a JPEG's decoding to the device: reading its bytes is far cheaper.
+    assert items["BreakHis JPEG (CPU)"]["device_item_ms"] < items["BreakHis JPEG (CPU)"]["item_ms"] / 3
+    (jpeg,) = record["results"]["jpeg"]
+    assert jpeg["batch"] == 8 and jpeg["decode_ms"] > 0 and jpeg["geometry_ms"] > 0

@@ -26,23 +26,39 @@ def images():
     return np.random.default_rng(0).integers(0, 256, size=(10, 32, 32, 3), dtype=np.uint8)
 
 
-@pytest.mark.parametrize(("device", "pinned"), [("cuda", True), ("cpu", False)])
-def test_loader_pins_memory_on_cuda_and_resolves_auto_workers(monkeypatch, images, one_torch_thread, device, pinned):
-    emb = _tiny(batch_size=4).fit(images)
+@pytest.mark.parametrize(
+    ("device", "worker_type", "loader", "pinned", "workers"),
+    [
+        # "auto": 15 spare cores on a 16-core GPU box but only 3 items of 4; 2 workers on a 16-core CPU box.
+        ("cuda", "auto", "threads", True, 3),
+        ("cuda", "process", "DataLoader", True, 3),
+        ("cpu", "auto", "DataLoader", False, 2),
+        ("cpu", "thread", "threads", False, 2),
+    ],
+)
+def test_loader_pins_memory_on_cuda_and_resolves_auto_workers(
+    monkeypatch, images, one_torch_thread, device, worker_type, loader, pinned, workers
+):
+    emb = _tiny(batch_size=4, worker_type=worker_type).fit(images)
     seen = {}
 
-    def fake_loader(dataset, **kwargs):
-        seen.update(kwargs)
+    def fake_data_loader(dataset, **kwargs):
+        seen.update(kwargs, loader="DataLoader")
         raise _LoaderBuilt
 
-    monkeypatch.setattr(embedder_module, "DataLoader", fake_loader)
+    def fake_threaded_items(dataset, chunk, collate, n_threads, *, pin_memory):
+        seen.update(batch_size=chunk, num_workers=n_threads, pin_memory=pin_memory, loader="threads")
+        raise _LoaderBuilt
+
+    monkeypatch.setattr(embedder_module, "DataLoader", fake_data_loader)
+    monkeypatch.setattr(embedder_module, "threaded_items", fake_threaded_items)
     monkeypatch.setattr("skdfl._device.available_cpus", lambda: 16)
     emb.set_params(device=device)
     with pytest.raises(_LoaderBuilt):  # the loader is built before anything touches the device
         emb.transform(images)
+    assert seen["loader"] == loader
     assert seen["pin_memory"] is pinned
-    # "auto": 15 spare cores on a 16-core GPU box but only 3 batches of 4; 2 workers on a 16-core CPU box.
-    assert seen["num_workers"] == (3 if device == "cuda" else 2)
+    assert seen["num_workers"] == workers
 
 
 def test_batches_are_normalised_on_the_device_from_uint8(images, one_torch_thread):
