@@ -226,6 +226,40 @@ class ViewDataset(Dataset):
         return read_image(cell, where, max_pixels=self.max_pixels)
 
 
+class _DeferredHostCopies:
+    """Rows of ``out`` filled from device tensors, each written one batch later than it is computed.
+
+    On CUDA a batch's features are copied into page-locked memory without waiting, and read into ``out``
+    only after the next batch has been queued: the host decodes and queues batch ``i + 1`` while the GPU
+    still runs batch ``i``, instead of waiting for it at every batch. On other devices the copy is
+    synchronous; the deferral (the same bookkeeping) then costs nothing.
+    """
+
+    def __init__(self, out: np.ndarray, device: torch.device):
+        self.out = out
+        self.cuda = device.type == "cuda"
+        self.pending = None
+
+    def add(self, start: int, rows: torch.Tensor) -> None:
+        if self.cuda:
+            host = torch.empty(rows.shape, dtype=rows.dtype, pin_memory=True)
+            host.copy_(rows, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+        else:
+            host, done = rows.cpu(), None
+        self.finish()
+        self.pending = (start, host, done)
+
+    def finish(self) -> None:
+        if self.pending is not None:
+            start, host, done = self.pending
+            if done is not None:
+                done.synchronize()
+            self.out[start : start + len(host)] = host.numpy()
+            self.pending = None
+
+
 class DeviceBatch:
     """A batch whose images are brought to the input size on the device by the extraction loop.
 
@@ -771,13 +805,15 @@ class BackboneEmbedder(TransformerMixin, BaseEstimator):
             total=len(indices) * n_views, desc="embedding", unit="img", disable=not verbose, leave=False,
             delay=PROGRESS_DELAY_S,
         ) as bar:
+            copies = _DeferredHostCopies(out, device)
             for b, x in self._device_batches(loader, dataset, device):
                 x = torch.addcmul(shift, x, scale).contiguous(memory_format=memory_format)
                 with autocast(device, dtype):
                     feats = self._forward(module, x)
-                out[start : start + b] = feats.float().reshape(b, n_views * dim).cpu().numpy()
+                copies.add(start, feats.float().reshape(b, n_views * dim))
                 start += b
                 bar.update(b * n_views)
+            copies.finish()
         if not np.isfinite(out).all():
             raise FloatingPointError(
                 "the backbone produced NaN/inf embeddings; try precision='fp32'"

@@ -379,3 +379,15 @@ def test_worker_type_auto_is_processes_on_a_cpu(tmp_path, monkeypatch):
     assert out.shape[0] == 3
     with pytest.raises(InvalidParameterError, match="worker_type"):
         _embedder(worker_type="fibre").fit(paths)
+
+
+@pytest.mark.parametrize("decode", ["cpu", "device"])
+def test_every_batch_is_written_including_the_last(tmp_path, decode):
+    # Each batch's features reach the output one batch late (deferred device-to-host copies): the last
+    # batch is written when the loop ends, and each row holds its own image.
+    paths = _jpegs(tmp_path, [(70, 90)] * 5)
+    emb = _embedder(decode=decode, batch_size=2).fit(paths)
+    together = emb.transform(paths)
+    alone = np.concatenate([emb.transform([p]) for p in paths])
+    np.testing.assert_allclose(together, alone, rtol=1e-4, atol=1e-5)
+    assert len({row.tobytes() for row in together}) == 5
