@@ -79,3 +79,29 @@ def test_cli_embed_on_a_full_disk_names_the_path_and_leaves_no_temporary_file(tm
     if stage == "write":
         assert "writing rows 0-4 of the store" in err and "embeddings.npy" in err
     assert not list(tmp_path.rglob(".tmp-*")), "a temporary file was left behind"
+
+
+def test_cli_embed_decoding_options(tmp_path, capsys):
+    parser = build_parser()
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)).save(folder / f"{i}.jpg", quality=95)
+    common = ["--backbone", "test_resnet", "--random-init", "--image-size", "32", "--precision", "fp32",
+              "--device", "cpu", "--quiet"]  # fmt: skip
+    defaults = parser.parse_args(["embed", str(folder), str(tmp_path / "a"), *common])
+    # The embedder's own defaults: a GPU gets its decoding workers and device decoding without flags.
+    assert (defaults.num_workers, defaults.worker_type, defaults.decode) == ("auto", "auto", "auto")
+    assert defaults.func(defaults) == 0
+    options = ["--decode", "device", "--num-workers", "2", "--worker-type", "thread"]
+    args = parser.parse_args(["embed", str(folder), str(tmp_path / "b"), *common, *options])
+    assert (args.num_workers, args.worker_type, args.decode) == (2, "thread", "device")
+    assert args.func(args) == 0
+    a, b = load_store(tmp_path / "a").embeddings, load_store(tmp_path / "b").embeddings
+    cosines = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosines.min() > 0.99 and not np.array_equal(a, b), "decoded on the 'device' (here the CPU)"
+    for bad in ("-1", "many"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["embed", str(folder), str(tmp_path / "c"), *common, "--num-workers", bad])
+        assert "expected 'auto' or a number of workers" in capsys.readouterr().err

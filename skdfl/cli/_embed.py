@@ -16,9 +16,22 @@ def _csv(value: str | None) -> list[str] | None:
     return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _workers(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        workers = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number of workers >= 0, got {value!r}") from None
+    if workers < 0:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number of workers >= 0, got {value!r}")
+    return workers
+
+
 def add_embed_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``skdfl embed`` on an ``argparse`` sub-parser collection."""
     from .._device import PRECISIONS
+    from ..embedder import DECODE_MODES, WORKER_TYPES
     from ..storage import DTYPES
     from ..transforms import RESIZE_POLICIES
     from ._tile import add_resolution_arguments
@@ -44,7 +57,12 @@ def add_embed_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--resize", choices=RESIZE_POLICIES, default="pad")
     p.add_argument("--scale", type=float, default=None, help="fixed scale factor with --resize pad")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--num-workers", type=int, default=0, help="DataLoader processes decoding images")
+    p.add_argument("--num-workers", type=_workers, default="auto",
+                   help="workers decoding images; 'auto' (default): every core but one on a GPU, 0 on a 2-core CPU")
+    p.add_argument("--worker-type", choices=WORKER_TYPES, default="auto",
+                   help="threads or processes; 'auto': threads on a GPU, processes on a CPU")
+    p.add_argument("--decode", choices=DECODE_MODES, default="auto",
+                   help="'device': decode JPEGs (nvJPEG) and resize on the GPU; 'auto': on CUDA only")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", choices=PRECISIONS, default="auto")
     p.add_argument("--seed", type=int, default=0, help="seed of --random-init weights")
@@ -102,6 +120,8 @@ def run_embed_command(args: argparse.Namespace) -> int:
             scale=args.scale,
             batch_size=args.batch_size,
             num_workers=args.num_workers,
+            worker_type=args.worker_type,
+            decode=args.decode,
             device=args.device,
             precision=args.precision,
             random_state=args.seed,
