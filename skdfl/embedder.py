@@ -112,6 +112,9 @@ def _compiled(module: nn.Module, device: torch.device) -> nn.Module:
 
 # Decoding thread pools by size, started once per process: a call of a few images pays no start-up.
 _THREAD_POOLS: dict[int, ThreadPoolExecutor] = {}
+if hasattr(os, "register_at_fork"):
+    # A forked child inherits the pools but not their threads: its tasks would never run.
+    os.register_at_fork(after_in_child=_THREAD_POOLS.clear)
 
 
 def _thread_pool(n_threads: int) -> ThreadPoolExecutor:

@@ -391,3 +391,23 @@ def test_every_batch_is_written_including_the_last(tmp_path, decode):
     alone = np.concatenate([emb.transform([p]) for p in paths])
     np.testing.assert_allclose(together, alone, rtol=1e-4, atol=1e-5)
     assert len({row.tobytes() for row in together}) == 5
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_gets_its_own_decoding_threads():
+    import multiprocessing
+
+    from skdfl.embedder import threaded_items
+
+    data = [torch.full((1,), k) for k in range(6)]
+    assert len(list(threaded_items(data, 2, torch.cat, 2))) == 3  # the parent's pool now exists
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        result = pool.apply_async(_threaded_sum, (data,))
+        assert result.get(timeout=60) == sum(range(6)), "the child's threads ran (no deadlock)"
+
+
+def _threaded_sum(data):
+    from skdfl.embedder import threaded_items
+
+    return int(sum(item.sum() for item in threaded_items(data, 2, torch.cat, 2)))
