@@ -14,24 +14,27 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("SKDFL_DATA_DIR", ROOT.parent / "shared" / "data"))
 
 
+def _run_benchmark(script: str, out: Path, *options: str) -> dict:
+    """Run ``benchmarks/<script>`` on the CPU in quick mode, offline; its JSON record."""
+    env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    subprocess.run(
+        [sys.executable, f"benchmarks/{script}", "--device", "cpu", "--quick", *options, "--data-dir", str(DATA),
+         "--out", str(out)],
+        cwd=ROOT, env=env, check=True, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    return json.loads(out.read_text())
+
+
 @pytest.mark.data
 @pytest.mark.skipif(not DATA.is_dir(), reason=f"real data folder {DATA} is absent")
 def test_bench_gpu_cpu_fallback_writes_rows(tmp_path):
-    out = tmp_path / "gpu.json"
-    env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    subprocess.run(
-        [sys.executable, "benchmarks/bench_gpu.py", "--device", "cpu", "--quick", "--repeats", "1",
-         "--data-dir", str(DATA), "--out", str(out)],
-        cwd=ROOT, env=env, check=True, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    record = json.loads(out.read_text())
+    record = _run_benchmark("bench_gpu.py", tmp_path / "gpu.json", "--repeats", "1")
     rows = record["results"]["extraction"]
     assert {r["images"] for r in rows} == {"IDC 50x50 PNG", "BreakHis 700x460 PNG", "BreakHis 700x460 JPEG"}
     for row in rows:
         assert row["n"] == 16 and row["bare_img_s"] > 0 and row["skdfl_img_s"] > 0
         # Both sides embed the same images with the same module: a ratio off by 20x means a broken side.
         assert 0.05 < row["ratio"] < 20
-    for row in rows:
         assert row["decode_cpu_img_s"] > 0 and row["decode_device_img_s"] > 0
         assert row["decode_cosine_min"] > 0.99, "both decode paths embed the same images alike"
         assert row["decode"] == "dct-scaled", "decode='auto' keeps decoding on the CPU when the device is a CPU"
@@ -44,14 +47,7 @@ def test_bench_gpu_cpu_fallback_writes_rows(tmp_path):
 @pytest.mark.data
 @pytest.mark.skipif(not DATA.is_dir(), reason=f"real data folder {DATA} is absent")
 def test_bench_gpu_loader_cpu_fallback_splits_the_input_side(tmp_path):
-    out = tmp_path / "gpu_loader.json"
-    env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    subprocess.run(
-        [sys.executable, "benchmarks/bench_gpu_loader.py", "--device", "cpu", "--quick", "--data-dir", str(DATA),
-         "--out", str(out)],
-        cwd=ROOT, env=env, check=True, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    record = json.loads(out.read_text())
+    record = _run_benchmark("bench_gpu_loader.py", tmp_path / "gpu_loader.json")
     items = {r["images"]: r for r in record["results"]["items"]}
     assert set(items) == {"IDC 50x50 PNG", "BreakHis 700x460 PNG", "BreakHis JPEG (CPU)"}
     # A 700x460 PNG costs several times a 50x50 one to decode and fit, whatever the machine.
