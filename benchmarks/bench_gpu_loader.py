@@ -4,7 +4,7 @@
 into its parts on the same files (IDC 50x50 PNG, BreakHis 700x460 PNG, the BreakHis images as JPEG q90):
 
 * ``item ms``: one sample of ``BackboneEmbedder.view_dataset`` (read + decode + geometry), serially;
-* ``threads=N img/s``: the loader items of :func:`skdfl.embedder.threaded_items` with N threads (the
+* ``threads=N img/s``: the loader items of :func:`skdfl.loading.threaded_items` with N threads (the
   default loader on a GPU), no forward pass;
 * the same two for ``decode="device"`` items (``view_dataset(geometry="device")``: JPEG bytes, other files
   decoded at full size; the geometry is left to the device);
@@ -26,7 +26,7 @@ from PIL import Image
 
 from skdfl import BackboneEmbedder
 from skdfl._decode import decode_jpegs, read_jpeg_file
-from skdfl.embedder import stack_samples, threaded_items
+from skdfl.loading import stack_samples, threaded_items
 from skdfl.transforms import fit_geometry_tensors
 
 

@@ -23,14 +23,12 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import itertools
 import os
 import threading
 import warnings
 import weakref
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from numbers import Integral, Real
 from pathlib import Path
 
@@ -40,31 +38,32 @@ from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ._decode import (
-    decode_image_file,
-    decode_jpegs,
-    device_jpeg_decoder_available,
-    read_jpeg_file,
-    shrink_request,
-)
+from ._decode import decode_jpegs, device_jpeg_decoder_available
 from ._device import PRECISIONS, autocast, resolve_device, resolve_num_workers, resolve_precision
 from ._version import __version__
-from .augment import augment, augmentation_key, check_augmentations, resolve_augmentations
+from .augment import augmentation_key, check_augmentations, resolve_augmentations
 from .backbones import load_backbone, weights_fingerprint
 from .io import as_sources, read_image
+from .loading import (
+    DEVICE_COLORS,
+    DeviceBatch,
+    DeviceGeometryDataset,
+    ViewDataset,
+    stack_samples,
+    threaded_items,
+)
 from .stain import make_stain_normalizers
 from .storage import CacheCorruptionWarning, CacheWriteWarning, EmbeddingCache, as_cache
 from .transforms import (
     RESIZE_POLICIES,
     TENSOR_INTERPOLATIONS,
     TENSOR_POLICIES,
-    fit_geometry,
     fit_geometry_tensors,
 )
-from .views import View, apply_color, feature_names, resolve_views, to_gray_tensors
+from .views import View, feature_names, resolve_views, to_gray_tensors
 
 # Backbones loaded by name in this process, most recent last; at most a couple are kept (a ViT-g is GBs).
 _SHARED_BACKBONES: OrderedDict[tuple, tuple[nn.Module, dict, dict]] = OrderedDict()
@@ -84,8 +83,6 @@ WORKER_TYPES = ("auto", "thread", "process")
 MAX_AUTO_THREADS = 8
 # Device types on which decode="auto" decodes JPEG files on the device (see the decode parameter).
 AUTO_DEVICE_DECODE = ("cuda",)
-# Colours the device path computes; stain colours and augmentations need the CPU pipeline.
-DEVICE_COLORS = ("rgb", "gray")
 # On an accelerator, loader items are 1/8 of a batch or the nearest larger divisor (>= 8 samples).
 LOADER_CHUNKS_PER_BATCH = 8
 LOADER_MIN_CHUNK = 8
@@ -110,123 +107,11 @@ def _compiled(module: nn.Module, device: torch.device) -> nn.Module:
     return per_device[str(device)]
 
 
-# Decoding thread pools by size, started once per process: a call of a few images pays no start-up.
-_THREAD_POOLS: dict[int, ThreadPoolExecutor] = {}
-if hasattr(os, "register_at_fork"):
-    # A forked child inherits the pools but not their threads: its tasks would never run.
-    os.register_at_fork(after_in_child=_THREAD_POOLS.clear)
-
-
-def _thread_pool(n_threads: int) -> ThreadPoolExecutor:
-    with _SHARED_LOCK:
-        if n_threads not in _THREAD_POOLS:
-            _THREAD_POOLS[n_threads] = ThreadPoolExecutor(n_threads, thread_name_prefix="skdfl-decode")
-        return _THREAD_POOLS[n_threads]
-
-
-def threaded_items(dataset, chunk: int, collate, n_threads: int, *, pin_memory: bool = False):
-    """The items a ``DataLoader(dataset, batch_size=chunk, collate_fn=collate)`` yields, built by threads.
-
-    Items are built by a shared pool of ``n_threads`` threads, at most ``2 * n_threads`` ahead, and yielded
-    in order; an item's exception is raised when its turn comes. Decoders and resizers release the GIL
-    (Pillow, libjpeg-turbo, libpng, NumPy), so threads decode in parallel without starting worker processes
-    at every call or pickling every item: with processes, the nvJPEG path of ``benchmarks/bench_gpu.py``
-    took ~0.8 s more per call of 1,024 JPEGs on an H200 machine (3.5x slower), and PNG rows were no faster.
-    """
-    n = len(dataset)
-
-    def build(start: int):
-        item = collate([dataset[k] for k in range(start, min(start + chunk, n))])
-        return item.pin_memory() if pin_memory and isinstance(item, torch.Tensor) else item
-
-    starts = iter(range(0, n, chunk))
-    pool = _thread_pool(n_threads)
-    window = deque(pool.submit(build, start) for start in itertools.islice(starts, 2 * n_threads))
-    try:
-        while window:
-            item = window.popleft().result()
-            start = next(starts, None)
-            if start is not None:
-                window.append(pool.submit(build, start))
-            yield item
-    finally:
-        for future in window:  # an error or an interrupted call: drop the work not started yet
-            future.cancel()
-
-
 def _mtime(path) -> float | None:
     try:
         return os.stat(path).st_mtime_ns if path is not None else None
     except OSError:
         return None  # load_backbone reports the missing file
-
-
-def stack_samples(samples: list[torch.Tensor]) -> torch.Tensor:
-    """Collate a batch of :class:`ViewDataset` items (uint8) into one tensor, copying with numpy.
-
-    ``torch.stack`` (the DataLoader's default collate) copies with every intra-op thread; on a CPU shared
-    with other processes each of its parallel regions can wait for a descheduled thread: intermittently
-    ~400 ms for 32 images of 224x224 on 2 busy cores, against 0.2 ms for numpy's single-threaded copy
-    (``benchmarks/bench_extraction.py --collate-ab``).
-    """
-    return torch.from_numpy(np.stack([sample.numpy() for sample in samples]))
-
-
-class ViewDataset(Dataset):
-    """Sample ``i`` -> uint8 tensor ``(n_views, H, W, 3)``: every view of one sample, each file decoded once.
-
-    ``views`` holds :class:`View` or ``(augmentation, View)`` pairs (the embedder's augmentation bank,
-    :mod:`skdfl.augment`); each source is read and brought to ``size`` once, each augmentation of it made
-    once, then coloured (``normalizers``: the stain normalisers of stain colours).
-    Normalisation is left to the device (batched), so workers ship compact uint8 tensors.
-    """
-
-    def __init__(self, sources, views, indices, size, *, policy, interpolation, crop_pct, scale,
-                 normalizers=None, random_state=0, max_pixels="pil"):
-        self.sources = sources
-        self.max_pixels = max_pixels
-        self.indices = np.asarray(indices)
-        self.size = size
-        self.geometry = dict(policy=policy, interpolation=interpolation, crop_pct=crop_pct, scale=scale)
-        # JPEG files are decoded directly at a reduced DCT scale when the geometry shrinks them >= 2x.
-        self.shrink_to = shrink_request(size, policy, scale=scale, crop_pct=crop_pct)
-        self.units = [("identity", v) if isinstance(v, View) else (str(v[0]), View(*v[1])) for v in views]
-        self.normalizers = normalizers
-        self.random_state = random_state
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, k: int) -> torch.Tensor:
-        i = int(self.indices[k])
-        fitted: dict[str, np.ndarray] = {}
-        augmented: dict[tuple[str, str], np.ndarray] = {}
-        images = []
-        for augmentation, view in self.units:
-            source = view.source
-            if source not in fitted:
-                where = f"sample {i}, source {source!r}"
-                img = self._read(self.sources[source][i], where)
-                fitted[source] = fit_geometry(img, self.size, where=where, **self.geometry)
-            if (source, augmentation) not in augmented:
-                augmented[source, augmentation] = augment(fitted[source], augmentation, self.random_state)
-            images.append(apply_color(augmented[source, augmentation], view.color, self.normalizers))
-        return torch.from_numpy(np.stack(images))
-
-    def _read(self, cell, where: str) -> np.ndarray:
-        if isinstance(cell, (str, os.PathLike)):
-            try:
-                img = decode_image_file(
-                    cell,
-                    shrink_to=self.shrink_to,
-                    interpolation=self.geometry["interpolation"],
-                    max_pixels=self.max_pixels,
-                )
-            except OSError:
-                img = None  # read_image words the error (missing file, permissions)
-            if img is not None:
-                return img
-        return read_image(cell, where, max_pixels=self.max_pixels)
 
 
 class _DeferredHostCopies:
@@ -261,74 +146,6 @@ class _DeferredHostCopies:
                 done.synchronize()
             self.out[start : start + len(host)] = host.numpy()
             self.pending = None
-
-
-class DeviceBatch:
-    """A batch whose images are brought to the input size on the device by the extraction loop.
-
-    ``data`` holds one uint8 tensor per (sample, source), sample-major: the bytes of a JPEG file (1-D), for
-    the device's decoder, or the image decoded on the CPU at its own size (``(h, w, 3)``). ``positions``
-    are the samples' dataset positions (to run them through the CPU path when the device decoder rejects
-    a stream).
-    """
-
-    def __init__(self, positions: list[int], data: list[torch.Tensor]):
-        self.positions = positions
-        self.data = data
-
-    def __len__(self) -> int:
-        return len(self.positions)
-
-    def pin_memory(self):
-        # The DataLoader pins batches that define pin_memory; images of many sizes are copied one by one.
-        return self
-
-
-class DeviceGeometryDataset(ViewDataset):
-    """A :class:`ViewDataset` whose images are resized, padded and coloured on the device, not here.
-
-    Item ``k`` is ``(k, [one uint8 tensor per source])``: with ``jpeg_bytes``, the raw bytes of a JPEG file
-    :func:`~skdfl._decode.read_jpeg_file` accepts (decoded on the device); otherwise the image decoded at
-    full size (another format, an array cell, a CMYK or too large JPEG: the CPU decoders and their error
-    messages). Batch with :meth:`collate` into a :class:`DeviceBatch`. Only identity augmentation and
-    rgb/gray colours: the device computes those (``DEVICE_COLORS``).
-    """
-
-    def __init__(self, *args, jpeg_bytes: bool = True, **kwargs):
-        super().__init__(*args, **kwargs)
-        if any(augmentation != "identity" or view.color not in DEVICE_COLORS for augmentation, view in self.units):
-            raise ValueError(
-                f"DeviceGeometryDataset supports plain views in colours {DEVICE_COLORS}, got {self.units}"
-            )
-        self.jpeg_bytes = jpeg_bytes
-        # The geometry runs on the device: decode at full size (no DCT-scaled decode to the target size).
-        self.shrink_to = None
-        self.device_sources = list(dict.fromkeys(view.source for _, view in self.units))
-
-    def __getitem__(self, k: int):
-        i = int(self.indices[k])
-        data = []
-        for source in self.device_sources:
-            cell = self.sources[source][i]
-            encoded = None
-            if self.jpeg_bytes and isinstance(cell, (str, os.PathLike)):
-                try:
-                    encoded = read_jpeg_file(cell, max_pixels=self.max_pixels)
-                except OSError:
-                    encoded = None  # _read words the error (missing file, permissions)
-            if encoded is None:
-                # Decoders may hand back read-only arrays (Pillow's buffer): torch wants writable memory.
-                pixels = np.require(self._read(cell, f"sample {i}, source {source!r}"), requirements=["C", "W"])
-                encoded = torch.from_numpy(pixels)
-            data.append(encoded)
-        return k, data
-
-    def decoded(self, k: int) -> torch.Tensor:
-        """Item ``k`` decoded and fitted on the CPU, as :class:`ViewDataset` gives it."""
-        return super().__getitem__(k)
-
-    def collate(self, items: list) -> DeviceBatch:
-        return DeviceBatch([k for k, _ in items], [d for _, data in items for d in data])
 
 
 class BackboneEmbedder(TransformerMixin, BaseEstimator):
@@ -1004,4 +821,4 @@ class BackboneEmbedder(TransformerMixin, BaseEstimator):
         return tags
 
 
-__all__ = ["BackboneEmbedder", "DeviceBatch", "DeviceGeometryDataset", "View", "ViewDataset", "stack_samples"]
+__all__ = ["BackboneEmbedder", "View", "ViewDataset", "stack_samples"]

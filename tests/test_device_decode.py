@@ -29,8 +29,8 @@ from sklearn.utils._param_validation import InvalidParameterError
 import skdfl.embedder as embedder_module
 from skdfl import BackboneEmbedder
 from skdfl._decode import decode_jpegs, device_jpeg_decoder_available, read_jpeg_file
-from skdfl.embedder import DeviceBatch, DeviceGeometryDataset
 from skdfl.io import ImageReadError
+from skdfl.loading import DeviceBatch, DeviceGeometryDataset
 from skdfl.transforms import fit_geometry, fit_geometry_tensors
 from skdfl.views import to_gray, to_gray_tensors
 
@@ -364,7 +364,7 @@ def test_thread_workers_raise_the_files_error_and_stop(tmp_path):
 def test_threaded_items_is_a_data_loader_without_processes():
     from torch.utils.data import DataLoader
 
-    from skdfl.embedder import threaded_items
+    from skdfl.loading import threaded_items
 
     data = [torch.full((2,), k) for k in range(11)]
     expected = [batch.tolist() for batch in DataLoader(data, batch_size=3, collate_fn=torch.stack)]
@@ -397,7 +397,7 @@ def test_every_batch_is_written_including_the_last(tmp_path, decode):
 def test_a_forked_child_gets_its_own_decoding_threads():
     import multiprocessing
 
-    from skdfl.embedder import threaded_items
+    from skdfl.loading import threaded_items
 
     data = [torch.full((1,), k) for k in range(6)]
     assert len(list(threaded_items(data, 2, torch.cat, 2))) == 3  # the parent's pool now exists
@@ -408,6 +408,6 @@ def test_a_forked_child_gets_its_own_decoding_threads():
 
 
 def _threaded_sum(data):
-    from skdfl.embedder import threaded_items
+    from skdfl.loading import threaded_items
 
     return int(sum(item.sum() for item in threaded_items(data, 2, torch.cat, 2)))

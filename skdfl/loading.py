@@ -1,0 +1,223 @@
+"""The embedder's input pipeline: datasets of views, loader items built by threads, device-side batches.
+
+* :class:`ViewDataset`: sample ``i`` -> every view of it, decoded, fitted to the input size, augmented and
+  coloured on the CPU (uint8); :func:`stack_samples` batches its items.
+* :class:`DeviceGeometryDataset`: sample ``i`` -> the JPEG bytes or full-size pixels of each source, for
+  :class:`~skdfl.BackboneEmbedder` to decode (nvJPEG), fit and colour on the device (``decode="device"``).
+* :func:`threaded_items`: what a ``DataLoader`` yields, built by a shared pool of threads (the loader on a
+  GPU: no worker start-up per call).
+
+Normalisation, the device side of ``DeviceGeometryDataset`` and the forward pass live in
+:mod:`skdfl.embedder`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ._decode import decode_image_file, read_jpeg_file, shrink_request
+from .augment import augment
+from .io import read_image
+from .transforms import fit_geometry
+from .views import View, apply_color
+
+# Colours the device path computes; stain colours and augmentations need the CPU pipeline.
+DEVICE_COLORS = ("rgb", "gray")
+_POOLS_LOCK = threading.Lock()
+
+# Decoding thread pools by size, started once per process: a call of a few images pays no start-up.
+_THREAD_POOLS: dict[int, ThreadPoolExecutor] = {}
+if hasattr(os, "register_at_fork"):
+    # A forked child inherits the pools but not their threads: its tasks would never run.
+    os.register_at_fork(after_in_child=_THREAD_POOLS.clear)
+
+
+def _thread_pool(n_threads: int) -> ThreadPoolExecutor:
+    with _POOLS_LOCK:
+        if n_threads not in _THREAD_POOLS:
+            _THREAD_POOLS[n_threads] = ThreadPoolExecutor(n_threads, thread_name_prefix="skdfl-decode")
+        return _THREAD_POOLS[n_threads]
+
+
+def threaded_items(dataset, chunk: int, collate, n_threads: int, *, pin_memory: bool = False):
+    """The items a ``DataLoader(dataset, batch_size=chunk, collate_fn=collate)`` yields, built by threads.
+
+    Items are built by a shared pool of ``n_threads`` threads, at most ``2 * n_threads`` ahead, and yielded
+    in order; an item's exception is raised when its turn comes. Decoders and resizers release the GIL
+    (Pillow, libjpeg-turbo, libpng, NumPy), so threads decode in parallel without starting worker processes
+    at every call or pickling every item: with processes, the nvJPEG path of ``benchmarks/bench_gpu.py``
+    took ~0.8 s more per call of 1,024 JPEGs on an H200 machine (3.5x slower), and PNG rows were no faster.
+    """
+    n = len(dataset)
+
+    def build(start: int):
+        item = collate([dataset[k] for k in range(start, min(start + chunk, n))])
+        return item.pin_memory() if pin_memory and isinstance(item, torch.Tensor) else item
+
+    starts = iter(range(0, n, chunk))
+    pool = _thread_pool(n_threads)
+    window = deque(pool.submit(build, start) for start in itertools.islice(starts, 2 * n_threads))
+    try:
+        while window:
+            item = window.popleft().result()
+            start = next(starts, None)
+            if start is not None:
+                window.append(pool.submit(build, start))
+            yield item
+    finally:
+        for future in window:  # an error or an interrupted call: drop the work not started yet
+            future.cancel()
+
+
+def stack_samples(samples: list[torch.Tensor]) -> torch.Tensor:
+    """Collate a batch of :class:`ViewDataset` items (uint8) into one tensor, copying with numpy.
+
+    ``torch.stack`` (the DataLoader's default collate) copies with every intra-op thread; on a CPU shared
+    with other processes each of its parallel regions can wait for a descheduled thread: intermittently
+    ~400 ms for 32 images of 224x224 on 2 busy cores, against 0.2 ms for numpy's single-threaded copy
+    (``benchmarks/bench_extraction.py --collate-ab``).
+    """
+    return torch.from_numpy(np.stack([sample.numpy() for sample in samples]))
+
+
+class ViewDataset(Dataset):
+    """Sample ``i`` -> uint8 tensor ``(n_views, H, W, 3)``: every view of one sample, each file decoded once.
+
+    ``views`` holds :class:`View` or ``(augmentation, View)`` pairs (the embedder's augmentation bank,
+    :mod:`skdfl.augment`); each source is read and brought to ``size`` once, each augmentation of it made
+    once, then coloured (``normalizers``: the stain normalisers of stain colours).
+    Normalisation is left to the device (batched), so workers ship compact uint8 tensors.
+    """
+
+    def __init__(self, sources, views, indices, size, *, policy, interpolation, crop_pct, scale,
+                 normalizers=None, random_state=0, max_pixels="pil"):
+        self.sources = sources
+        self.max_pixels = max_pixels
+        self.indices = np.asarray(indices)
+        self.size = size
+        self.geometry = dict(policy=policy, interpolation=interpolation, crop_pct=crop_pct, scale=scale)
+        # JPEG files are decoded directly at a reduced DCT scale when the geometry shrinks them >= 2x.
+        self.shrink_to = shrink_request(size, policy, scale=scale, crop_pct=crop_pct)
+        self.units = [("identity", v) if isinstance(v, View) else (str(v[0]), View(*v[1])) for v in views]
+        self.normalizers = normalizers
+        self.random_state = random_state
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> torch.Tensor:
+        i = int(self.indices[k])
+        fitted: dict[str, np.ndarray] = {}
+        augmented: dict[tuple[str, str], np.ndarray] = {}
+        images = []
+        for augmentation, view in self.units:
+            source = view.source
+            if source not in fitted:
+                where = f"sample {i}, source {source!r}"
+                img = self._read(self.sources[source][i], where)
+                fitted[source] = fit_geometry(img, self.size, where=where, **self.geometry)
+            if (source, augmentation) not in augmented:
+                augmented[source, augmentation] = augment(fitted[source], augmentation, self.random_state)
+            images.append(apply_color(augmented[source, augmentation], view.color, self.normalizers))
+        return torch.from_numpy(np.stack(images))
+
+    def _read(self, cell, where: str) -> np.ndarray:
+        if isinstance(cell, (str, os.PathLike)):
+            try:
+                img = decode_image_file(
+                    cell,
+                    shrink_to=self.shrink_to,
+                    interpolation=self.geometry["interpolation"],
+                    max_pixels=self.max_pixels,
+                )
+            except OSError:
+                img = None  # read_image words the error (missing file, permissions)
+            if img is not None:
+                return img
+        return read_image(cell, where, max_pixels=self.max_pixels)
+
+
+class DeviceBatch:
+    """A batch whose images are brought to the input size on the device by the extraction loop.
+
+    ``data`` holds one uint8 tensor per (sample, source), sample-major: the bytes of a JPEG file (1-D), for
+    the device's decoder, or the image decoded on the CPU at its own size (``(h, w, 3)``). ``positions``
+    are the samples' dataset positions (to run them through the CPU path when the device decoder rejects
+    a stream).
+    """
+
+    def __init__(self, positions: list[int], data: list[torch.Tensor]):
+        self.positions = positions
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def pin_memory(self):
+        # The DataLoader pins batches that define pin_memory; images of many sizes are copied one by one.
+        return self
+
+
+class DeviceGeometryDataset(ViewDataset):
+    """A :class:`ViewDataset` whose images are resized, padded and coloured on the device, not here.
+
+    Item ``k`` is ``(k, [one uint8 tensor per source])``: with ``jpeg_bytes``, the raw bytes of a JPEG file
+    :func:`~skdfl._decode.read_jpeg_file` accepts (decoded on the device); otherwise the image decoded at
+    full size (another format, an array cell, a CMYK or too large JPEG: the CPU decoders and their error
+    messages). Batch with :meth:`collate` into a :class:`DeviceBatch`. Only identity augmentation and
+    rgb/gray colours: the device computes those (``DEVICE_COLORS``).
+    """
+
+    def __init__(self, *args, jpeg_bytes: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        if any(augmentation != "identity" or view.color not in DEVICE_COLORS for augmentation, view in self.units):
+            raise ValueError(
+                f"DeviceGeometryDataset supports plain views in colours {DEVICE_COLORS}, got {self.units}"
+            )
+        self.jpeg_bytes = jpeg_bytes
+        # The geometry runs on the device: decode at full size (no DCT-scaled decode to the target size).
+        self.shrink_to = None
+        self.device_sources = list(dict.fromkeys(view.source for _, view in self.units))
+
+    def __getitem__(self, k: int):
+        i = int(self.indices[k])
+        data = []
+        for source in self.device_sources:
+            cell = self.sources[source][i]
+            encoded = None
+            if self.jpeg_bytes and isinstance(cell, (str, os.PathLike)):
+                try:
+                    encoded = read_jpeg_file(cell, max_pixels=self.max_pixels)
+                except OSError:
+                    encoded = None  # _read words the error (missing file, permissions)
+            if encoded is None:
+                # Decoders may hand back read-only arrays (Pillow's buffer): torch wants writable memory.
+                pixels = np.require(self._read(cell, f"sample {i}, source {source!r}"), requirements=["C", "W"])
+                encoded = torch.from_numpy(pixels)
+            data.append(encoded)
+        return k, data
+
+    def decoded(self, k: int) -> torch.Tensor:
+        """Item ``k`` decoded and fitted on the CPU, as :class:`ViewDataset` gives it."""
+        return super().__getitem__(k)
+
+    def collate(self, items: list) -> DeviceBatch:
+        return DeviceBatch([k for k, _ in items], [d for _, data in items for d in data])
+
+
+__all__ = [
+    "DEVICE_COLORS",
+    "DeviceBatch",
+    "DeviceGeometryDataset",
+    "ViewDataset",
+    "stack_samples",
+    "threaded_items",
+]
