@@ -78,8 +78,9 @@ SIGNATURE_FORMAT = 1
 PROGRESS_DELAY_S = 2.0
 DECODE_MODES = ("auto", "cpu", "device")
 WORKER_TYPES = ("auto", "thread", "process")
-# num_workers="auto" starts at most this many decoding threads: on a 16-core H200 machine 8 threads decoded
-# 1.2-1.5x faster than 15, which contend for the GIL (benchmarks/bench_gpu_loader.py).
+# num_workers="auto" starts at most this many decoding threads: on a 16-core H200 machine 8 threads built
+# IDC PNG and JPEG items 1.36x and 1.50x faster than 15, which contend for the GIL; only the slowest files
+# (700x460 PNG, 12 ms each) gained from 15 (1.23x) (benchmarks/bench_gpu_loader.py).
 MAX_AUTO_THREADS = 8
 # Device types on which decode="auto" decodes JPEG files on the device (see the decode parameter).
 AUTO_DEVICE_DECODE = ("cuda",)
