@@ -97,6 +97,21 @@ def test_regions_with_two_dataloader_workers_and_in_a_store(slides, centres, tmp
     np.testing.assert_allclose(np.asarray(store.embeddings), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_regions_fitted_on_the_device_with_decoding_threads(slides, centres):
+    # decode="device" with loader threads (the GPU defaults), here on the CPU: regions already have the input
+    # size, so the device geometry leaves their pixels as they are and the embeddings match the CPU path.
+    df = centres.assign(slide=slides["40x"], x=2 * centres.x, y=2 * centres.y)
+    X = pd.DataFrame({"x20": regions(df, magnification=20, size=64), "x5": regions(df, magnification=5, size=64)})
+    expected = tiny_embedder(views=["x20", "x5"]).fit(X).transform(X)
+    on_device = tiny_embedder(views=["x20", "x5"], decode="device", worker_type="thread", num_workers=2,
+                              batch_size=2, colors=["rgb", "gray"]).fit(X)  # fmt: skip
+    got = on_device.transform(X)
+    cpu_gray = tiny_embedder(views=["x20", "x5"], colors=["rgb", "gray"]).fit(X).transform(X)
+    np.testing.assert_allclose(got, cpu_gray, rtol=1e-4, atol=1e-5)
+    dim = on_device.embedding_dim_
+    np.testing.assert_allclose(got[:, :dim], expected[:, :dim], rtol=1e-4, atol=1e-5)  # x20 rgb
+
+
 def test_embedding_cache_keys_regions_without_reading_them_again(slides, centres, tmp_path, monkeypatch):
     df = centres.assign(slide=slides["40x"], x=2 * centres.x, y=2 * centres.y)
     X = pd.DataFrame({"x20": regions(df, magnification=20, size=64), "x5": regions(df, magnification=5, size=64)})
