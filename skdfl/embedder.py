@@ -208,7 +208,8 @@ class BackboneEmbedder(TransformerMixin, BaseEstimator):
         a batch in one call (nvJPEG on CUDA; libjpeg-turbo through torchvision on a CPU; the loader's
         decoders elsewhere), then resizes, pads and greys every image with torch's antialiased resize
         (:func:`skdfl.transforms.fit_geometry_tensors`: Pillow's kernels, pixels within rounding of
-        Pillow's at full decode). It applies when ``resize`` is ``"pad"`` or ``"stretch"``, the
+        Pillow's at full decode). Images of more than ~1 Mpx (``skdfl.loading.DEVICE_MAX_PIXELS``) are
+        fitted in the loader as with ``"cpu"``, to bound memory. It applies when ``resize`` is ``"pad"`` or ``"stretch"``, the
         interpolation bilinear or bicubic, colours rgb/gray and no ``augmentations``; other settings take
         the CPU path, as does a batch the device decoder rejects. ``"auto"``: ``"device"`` on CUDA, ``"cpu"``
         elsewhere. The embeddings differ slightly between the two (cosine > 0.999): the choice is part of

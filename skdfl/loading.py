@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from ._decode import decode_image_file, read_jpeg_file, shrink_request
@@ -31,6 +32,9 @@ from .views import View, apply_color
 
 # Colours the device path computes; stain colours and augmentations need the CPU pipeline.
 DEVICE_COLORS = ("rgb", "gray")
+# Images with more pixels are fitted on the CPU even with decode="device" (JPEGs then decode at a reduced DCT
+# scale): full-size pixels of large images would hold GBs of host and device memory per batch in flight.
+DEVICE_MAX_PIXELS = 2**20
 _POOLS_LOCK = threading.Lock()
 
 # Decoding thread pools by size, started once per process: a call of a few images pays no start-up.
@@ -162,7 +166,7 @@ class DeviceBatch:
         return len(self.positions)
 
     def pin_memory(self):
-        # The DataLoader pins batches that define pin_memory; images of many sizes are copied one by one.
+        # The DataLoader pins batches that define pin_memory; the extraction loop copies images per size.
         return self
 
 
@@ -170,10 +174,12 @@ class DeviceGeometryDataset(ViewDataset):
     """A :class:`ViewDataset` whose images are resized, padded and coloured on the device, not here.
 
     Item ``k`` is ``(k, [one uint8 tensor per source])``: with ``jpeg_bytes``, the raw bytes of a JPEG file
-    :func:`~skdfl._decode.read_jpeg_file` accepts (decoded on the device); otherwise the image decoded at
-    full size (another format, an array cell, a CMYK or too large JPEG: the CPU decoders and their error
-    messages). Batch with :meth:`collate` into a :class:`DeviceBatch`. Only identity augmentation and
-    rgb/gray colours: the device computes those (``DEVICE_COLORS``).
+    :func:`~skdfl._decode.read_jpeg_file` accepts (decoded on the device); otherwise the image decoded by the
+    CPU decoders (another format, an array cell, a CMYK JPEG; their error messages), at full size. Images of
+    more than ``DEVICE_MAX_PIXELS`` are fitted here instead, as :class:`ViewDataset` fits them, and shipped at
+    the input size (the device's geometry leaves them as they are). Batch with :meth:`collate` into a
+    :class:`DeviceBatch`. Only identity augmentation and rgb/gray colours: the device computes those
+    (``DEVICE_COLORS``).
     """
 
     def __init__(self, *args, jpeg_bytes: bool = True, **kwargs):
@@ -183,8 +189,6 @@ class DeviceGeometryDataset(ViewDataset):
                 f"DeviceGeometryDataset supports plain views in colours {DEVICE_COLORS}, got {self.units}"
             )
         self.jpeg_bytes = jpeg_bytes
-        # The geometry runs on the device: decode at full size (no DCT-scaled decode to the target size).
-        self.shrink_to = None
         self.device_sources = list(dict.fromkeys(view.source for _, view in self.units))
 
     def __getitem__(self, k: int):
@@ -195,15 +199,24 @@ class DeviceGeometryDataset(ViewDataset):
             encoded = None
             if self.jpeg_bytes and isinstance(cell, (str, os.PathLike)):
                 try:
-                    encoded = read_jpeg_file(cell, max_pixels=self.max_pixels)
+                    encoded = read_jpeg_file(cell, max_pixels=self._bytes_limit())
                 except OSError:
                     encoded = None  # _read words the error (missing file, permissions)
             if encoded is None:
+                where = f"sample {i}, source {source!r}"
+                # A JPEG shrunk >= 2x comes back at a reduced DCT scale, resized to what the geometry needs.
+                pixels = self._read(cell, where)
+                if pixels.shape[0] * pixels.shape[1] > DEVICE_MAX_PIXELS:
+                    pixels = fit_geometry(pixels, self.size, where=where, **self.geometry)
                 # Decoders may hand back read-only arrays (Pillow's buffer): torch wants writable memory.
-                pixels = np.require(self._read(cell, f"sample {i}, source {source!r}"), requirements=["C", "W"])
-                encoded = torch.from_numpy(pixels)
+                encoded = torch.from_numpy(np.require(pixels, requirements=["C", "W"]))
             data.append(encoded)
         return k, data
+
+    def _bytes_limit(self) -> int:
+        """Largest JPEG shipped as bytes: ``DEVICE_MAX_PIXELS``, or the decompression-bomb limit if lower."""
+        bomb = Image.MAX_IMAGE_PIXELS if self.max_pixels == "pil" else self.max_pixels
+        return DEVICE_MAX_PIXELS if bomb is None else min(bomb, DEVICE_MAX_PIXELS)
 
     def decoded(self, k: int) -> torch.Tensor:
         """Item ``k`` decoded and fitted on the CPU, as :class:`ViewDataset` gives it."""
@@ -215,6 +228,7 @@ class DeviceGeometryDataset(ViewDataset):
 
 __all__ = [
     "DEVICE_COLORS",
+    "DEVICE_MAX_PIXELS",
     "DeviceBatch",
     "DeviceGeometryDataset",
     "ViewDataset",

@@ -41,6 +41,8 @@ PAD_VALUE = 255
 #: Resize policies and interpolations :func:`fit_geometry_tensors` implements.
 TENSOR_POLICIES = ("pad", "stretch")
 TENSOR_INTERPOLATIONS = ("bilinear", "bicubic")
+# fit_geometry_tensors converts at most this many values to float at once (256 MB).
+MAX_TENSOR_ELEMENTS = 2**26
 
 _PIL_FILTERS = {
     "nearest": Image.Resampling.NEAREST,
@@ -160,16 +162,20 @@ def fit_geometry_tensors(
         if img.ndim != 3 or img.shape[0] != 3:
             raise ValueError(f"image {k} has shape {tuple(img.shape)}; expected (3, h, w)")
         by_size.setdefault((int(img.shape[1]), int(img.shape[2])), []).append(k)
-    for (h, w), members in by_size.items():
-        batch = torch.stack([images[k] for k in members]).float()
+    for (h, w), same_size in by_size.items():
         new_h, new_w = _target_size(h, w, size, policy, scale)
-        if (new_h, new_w) != (h, w):
-            batch = F.interpolate(batch, size=(new_h, new_w), mode=interpolation, antialias=True, align_corners=False)
-            batch = batch.round_().clamp_(0, 255)
-        # As _pad_to: centre-crop what overflows (a fixed pad scale), then centre in the padded canvas.
-        top, left = max(0, (new_h - height) // 2), max(0, (new_w - width) // 2)
-        batch = batch[:, :, top : top + height, left : left + width]
-        h2, w2 = batch.shape[-2:]
-        dst_top, dst_left = (height - h2) // 2, (width - w2) // 2
-        out[members, :, dst_top : dst_top + h2, dst_left : dst_left + w2] = batch
+        # Float copies of large images are made a few at a time: bounded memory whatever the batch.
+        step = max(1, MAX_TENSOR_ELEMENTS // (3 * max(h * w, new_h * new_w)))
+        for first in range(0, len(same_size), step):
+            members = same_size[first : first + step]
+            batch = torch.stack([images[k] for k in members]).float()
+            if (new_h, new_w) != (h, w):
+                batch = F.interpolate(batch, size=(new_h, new_w), mode=interpolation, antialias=True, align_corners=False)
+                batch = batch.round_().clamp_(0, 255)
+            # As _pad_to: centre-crop what overflows (a fixed pad scale), then centre in the padded canvas.
+            top, left = max(0, (new_h - height) // 2), max(0, (new_w - width) // 2)
+            batch = batch[:, :, top : top + height, left : left + width]
+            h2, w2 = batch.shape[-2:]
+            dst_top, dst_left = (height - h2) // 2, (width - w2) // 2
+            out[members, :, dst_top : dst_top + h2, dst_left : dst_left + w2] = batch
     return out

@@ -411,3 +411,33 @@ def _threaded_sum(data):
     from skdfl.loading import threaded_items
 
     return int(sum(item.sum() for item in threaded_items(data, 2, torch.cat, 2)))
+
+
+def test_images_over_the_device_limit_are_fitted_on_the_cpu(tmp_path, monkeypatch):
+    import skdfl.loading as loading
+
+    jpeg = _jpegs(tmp_path, [(120, 90)])[0]
+    png = tmp_path / "x.png"
+    Image.fromarray(_tissue(120, 90, seed=4)).save(png)
+    paths = [jpeg, str(png), jpeg]
+    emb = _embedder(decode="device").fit(paths)
+    full = [item.shape for item in emb.view_dataset({"image": paths}, geometry="device")[1][1]]
+    assert full == [(120, 90, 3)], "below the limit: full-size pixels for the device"
+    monkeypatch.setattr(loading, "DEVICE_MAX_PIXELS", 100 * 80)
+    _, (jpeg_item,) = emb.view_dataset({"image": paths}, geometry="device")[0]
+    _, (png_item,) = emb.view_dataset({"image": paths}, geometry="device")[1]
+    assert jpeg_item.ndim == 3, "a JPEG over the limit is not shipped as bytes"
+    assert tuple(png_item.shape) == (64, 64, 3), "fitted here, at the input size"
+    cpu = _embedder(decode="cpu").fit(paths).transform(paths)
+    out = emb.transform(paths)
+    np.testing.assert_allclose(out[1], cpu[1], rtol=1e-5, atol=1e-6)  # same Pillow pixels: same embedding
+    assert _cosines(out, cpu).min() > 0.999
+
+
+def test_fit_geometry_tensors_in_slices_gives_the_same_images(monkeypatch):
+    import skdfl.transforms as transforms
+
+    images = [_as_chw(_tissue(40, 60, seed=k)) for k in range(5)] + [_as_chw(_tissue(30, 30, seed=9))]
+    whole = fit_geometry_tensors(images, (48, 48), "pad")
+    monkeypatch.setattr(transforms, "MAX_TENSOR_ELEMENTS", 3 * 48 * 48 * 2)  # two images per slice
+    torch.testing.assert_close(fit_geometry_tensors(images, (48, 48), "pad"), whole, rtol=0, atol=0)
