@@ -82,7 +82,7 @@ WORKER_TYPES = ("auto", "thread", "process")
 # IDC PNG and JPEG items 1.36x and 1.50x faster than 15, which contend for the GIL; only the slowest files
 # (700x460 PNG, 12 ms each) gained from 15 (1.23x) (benchmarks/bench_gpu_loader.py).
 MAX_AUTO_THREADS = 8
-# Device types on which decode="auto" decodes JPEG files on the device (see the decode parameter).
+# Device types on which decode="auto" decodes and fits images on the device (see the decode parameter).
 AUTO_DEVICE_DECODE = ("cuda",)
 # On an accelerator, loader items are 1/8 of a batch or the nearest larger divisor (>= 8 samples).
 LOADER_CHUNKS_PER_BATCH = 8
