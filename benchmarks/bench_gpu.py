@@ -9,7 +9,8 @@ in the loader; ``"device"``: JPEG bytes to nvJPEG, other files decoded at full s
 GPU) and gives the smallest cosine between their embeddings. The bare
 side is the same module, precision and memory format fed ready-made normalised tensors already
 on the device: the hardware limit. Target on a GPU: skdfl >= 0.9 x bare on every row. Head fits:
-``FocalHeadClassifier()`` and ``LogisticRegression`` on 4,000 x 1,024 random features with a signal.
+``FocalHeadClassifier()`` and ``LogisticRegression`` on 4,000 x 1,024 random features with a signal (on a GPU
+also ``FocalHeadClassifier(device="cpu")``: the same head on that machine's CPU).
 
 ``--device cpu --quick`` runs tiny sizes (what tests/test_bench_gpu.py checks); on one GPU the full run takes
 < 8 minutes.
@@ -113,6 +114,8 @@ def head_fits(n: int, d: int, device, seed: int) -> list[dict]:
     X = (rng.normal(size=(n, d)) + 0.5 * y[:, None] * (np.arange(d) < 32)).astype(np.float32)
     heads = {"FocalHeadClassifier()": FocalHeadClassifier(device=str(device)), "LogisticRegression":
              LogisticRegression(max_iter=1000)}  # fmt: skip
+    if device.type != "cpu":  # device="auto" puts heads on the GPU: is that faster than this machine's CPU?
+        heads["FocalHeadClassifier(device='cpu')"] = FocalHeadClassifier(device="cpu")
     rows = []
     for name, head in heads.items():
         seconds = []
