@@ -124,9 +124,25 @@ def head_fits(n: int, d: int, device, seed: int) -> list[dict]:
             head.fit(X, y)
             seconds.append(time.perf_counter() - t0)
         rows.append({"head": name, "n": n, "d": d, "fit_s": float(np.median(seconds[1:])), "first_fit_s": seconds[0],
-                     "train_accuracy": float(head.score(X, y))})  # fmt: skip
+                     "train_accuracy": float(head.score(X, y)), "profile": _profile(head, X, y),
+                     "epochs": len(getattr(head, "history_", []))})  # fmt: skip
         print(f"  {name:24s} fit {rows[-1]['fit_s']:.2f} s on {n}x{d} (first {seconds[0]:.2f} s)", flush=True)
     return rows
+
+
+def _profile(head, X, y, top: int = 15) -> list[dict]:
+    """The ``top`` functions of one more fit by own time (a device sync shows up as the call that waits)."""
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.runcall(head.fit, X, y)
+    entries = [
+        {"function": f"{Path(filename).name}:{line}:{function}", "calls": calls, "own_s": round(own, 4),
+         "cumulative_s": round(cumulative, 4)}
+        for (filename, line, function), (_, calls, own, cumulative, _) in pstats.Stats(profiler).stats.items()
+    ]  # fmt: skip
+    return sorted(entries, key=lambda e: -e["own_s"])[:top]
 
 
 def main():

@@ -41,6 +41,9 @@ def test_bench_gpu_cpu_fallback_writes_rows(tmp_path):
     heads = {r["head"]: r for r in record["results"]["heads"]}
     assert set(heads) == {"FocalHeadClassifier()", "LogisticRegression"}
     assert all(r["fit_s"] > 0 and r["train_accuracy"] > 0.6 for r in heads.values())
+    # Where a head's fit time goes: the backward pass is among the most expensive calls of a focal head.
+    profile = heads["FocalHeadClassifier()"]["profile"]
+    assert len(profile) == 15 and any("run_backward" in entry["function"] for entry in profile)
     assert record["machine"]["device"] == "cpu"
 
 
