@@ -212,7 +212,8 @@ class BackboneEmbedder(TransformerMixin, BaseEstimator):
         fitted in the loader as with ``"cpu"``, to bound memory. It applies when ``resize`` is ``"pad"`` or ``"stretch"``, the
         interpolation bilinear or bicubic, colours rgb/gray and no ``augmentations``; other settings take
         the CPU path, as does a batch the device decoder rejects. ``"auto"``: ``"device"`` on CUDA, ``"cpu"``
-        elsewhere. The embeddings differ slightly between the two (cosine > 0.999): the choice is part of
+        elsewhere (``"device"`` on MPS is untested: torch's antialiased resize may lack MPS kernels). The
+        embeddings differ slightly between the two (cosine > 0.999): the choice is part of
         :meth:`embedding_signature`.
     precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
         Autocast precision of the forward pass. ``"auto"`` is bf16 on a CPU with native bf16 support
