@@ -68,12 +68,12 @@ def run_row(model: str, label: str, set_name: str, paths: list[str], args, devic
         with torch.inference_mode(), autocast(device, dtype):
             return [module(x.contiguous(memory_format=memory_format)).float().cpu() for x in batches]
 
-    sides = {"bare": bare, "skdfl": lambda: emb.transform(paths)}
+    embedders = {"skdfl": emb}
     if device.type != "cpu":  # the default loads with threads there; DataLoader worker processes for comparison
-        sides["processes"] = (lambda e: lambda: e.transform(paths))(embedder(worker_type="process"))
+        embedders["processes"] = embedder(worker_type="process")
     # Both decode paths on every row, whatever the default resolves to on this device.
-    for mode in ("cpu", "device"):
-        sides[f"decode={mode}"] = (lambda e: lambda: e.transform(paths))(embedder(mode))
+    embedders.update({f"decode={mode}": embedder(mode) for mode in ("cpu", "device")})
+    sides = {"bare": bare} | {name: (lambda e=e: e.transform(paths)) for name, e in embedders.items()}
     times = C.interleaved(sides, repeats=args.repeats, warmup=1, device=device)
     n = len(paths)
     row = {
@@ -88,17 +88,15 @@ def run_row(model: str, label: str, set_name: str, paths: list[str], args, devic
         row["processes_img_s"] = n / float(np.median(times["processes"]))
         row["processes_ratio"] = C.median_ratio(times["bare"], times["processes"])
     for mode in ("cpu", "device"):
-        key = f"decode={mode}"
-        if key in times:
-            row[f"decode_{mode}_img_s"] = n / float(np.median(times[key]))
-            row[f"decode_{mode}_ratio"] = C.median_ratio(times["bare"], times[key])
+        row[f"decode_{mode}_img_s"] = n / float(np.median(times[f"decode={mode}"]))
+        row[f"decode_{mode}_ratio"] = C.median_ratio(times["bare"], times[f"decode={mode}"])
     # The two decode paths must embed alike (another decoder and resize only).
-    a, b = (embedder(mode).transform(paths) for mode in ("cpu", "device"))
+    a, b = (embedders[f"decode={mode}"].transform(paths) for mode in ("cpu", "device"))
     cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     row["decode_cosine_min"] = float(cosine.min())
     extra = f"  processes {row['processes_ratio']:.3f}" if "processes_ratio" in row else ""
     extra += "".join(f"  {k} {row[f'decode_{k}_img_s']:8.1f} img/s ({row[f'decode_{k}_ratio']:.3f})"
-                    for k in ("cpu", "device") if f"decode_{k}_img_s" in row)  # fmt: skip
+                    for k in ("cpu", "device"))  # fmt: skip
     print(f"  {label:10s} {set_name:24s} bare {row['bare_img_s']:8.1f} img/s  skdfl {row['skdfl_img_s']:8.1f}"
           f" img/s  ratio {row['ratio']:.3f}{extra}", flush=True)  # fmt: skip
     return row

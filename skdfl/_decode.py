@@ -21,6 +21,7 @@ nvJPEG on CUDA (``torchvision.io.decode_jpeg(device="cuda")``; libjpeg-turbo on 
 from __future__ import annotations
 
 import functools
+import os
 import struct
 import warnings
 from collections.abc import Callable
@@ -168,17 +169,19 @@ def read_jpeg_file(path, *, max_pixels: int | None | str = "pil") -> torch.Tenso
     if max_pixels == "pil":
         max_pixels = Image.MAX_IMAGE_PIXELS
     with open(path, "rb") as f:
-        head = f.read(3)
-        if head != _JPEG_MAGIC:
+        if f.read(3) != _JPEG_MAGIC:
             return None
-        data = head + f.read()
+        # Read once, straight into the writable buffer the tensor will share (no intermediate bytes copy).
+        data = bytearray(os.fstat(f.fileno()).st_size)
+        f.seek(0)
+        del data[f.readinto(data) :]  # in place: a file that shrank since fstat keeps what was read
     try:
         height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
     except ValueError:
         return None
     if colorspace not in ("Gray", "YCbCr", "RGB") or _too_big(height, width, max_pixels):
         return None
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    return torch.frombuffer(data, dtype=torch.uint8)
 
 
 def device_jpeg_decoder_available(device: torch.device) -> bool:
