@@ -311,7 +311,9 @@ def test_stale_running_trial_of_a_killed_run_is_failed_and_retried(tmp_path, dat
     c_killed = killed.suggest_float("C", 1e-4, 1e2, log=True)
     storage.record_heartbeat(killed._trial_id)
     del storage, study
-    time.sleep(2.5)  # longer than the grace period (2 x heartbeat_interval)
+    # Longer than the grace period (2 x heartbeat_interval) by more than a second: SQLite's CURRENT_TIMESTAMP,
+    # which Optuna compares, has whole seconds, so 2.5 s can read as exactly 2 s (not stale).
+    time.sleep(3.5)
 
     search = HeadSearchCV(logreg(), search_space=c_space, n_trials=3, cv=3, storage=db, study_name="s",
                           heartbeat_interval=1, verbose=0).fit(X, y)  # fmt: skip
