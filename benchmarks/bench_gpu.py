@@ -8,7 +8,11 @@ default decoding threads. Every row also times both ``decode`` settings (``"cpu"
 in the loader; ``"device"``: JPEG bytes to nvJPEG, other files decoded at full size, torch resize on the
 GPU) and gives the smallest cosine between their embeddings. The bare
 side is the same module, precision and memory format fed ready-made normalised tensors already
-on the device: the hardware limit. Target on a GPU: skdfl >= 0.9 x bare on every row. Head fits:
+on the device: the hardware limit. Target on a GPU: skdfl >= 0.9 x bare on every row. Two more sides show
+where a shortfall comes from: "input pipeline" is the default embedder with a global-average-pool backbone
+(reading, decoding, resizing, copying; no forward pass: if it is below 0.9 x bare, the forward pass is not
+the limit), and "no prefetch" the default embedder with ``skdfl.embedder.PREFETCH_DEVICES = ()`` (the next
+batch decoded and resized in the main thread, after the forward pass, not beside it). Head fits:
 ``FocalHeadClassifier()`` and ``LogisticRegression`` on 4,000 x 1,024 random features with a signal (on a GPU
 also ``FocalHeadClassifier(device="cpu")``: the same head on that machine's CPU).
 
@@ -27,7 +31,9 @@ import _common as C
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
+import skdfl.embedder
 from skdfl import BackboneEmbedder
 from skdfl._device import autocast, resolve_precision
 
@@ -52,13 +58,32 @@ def _file_sets(root: Path, n: int, tmp: Path, seed: int) -> dict[str, list[str]]
     return {"IDC 50x50 PNG": small, "BreakHis 700x460 PNG": large, "BreakHis 700x460 JPEG": jpeg}
 
 
+class GlobalPool(nn.Module):
+    """A backbone with no forward cost: what is left of ``transform`` is the input pipeline."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean((2, 3))
+
+
+def _without_prefetch(transform):
+    saved = skdfl.embedder.PREFETCH_DEVICES
+    skdfl.embedder.PREFETCH_DEVICES = ()
+    try:
+        return transform()
+    finally:
+        skdfl.embedder.PREFETCH_DEVICES = saved
+
+
 def run_row(model: str, label: str, set_name: str, paths: list[str], args, device) -> dict:
-    def embedder(decode="auto", worker_type="auto"):
-        return BackboneEmbedder(model, pretrained=False, batch_size=args.batch_size, device=device, verbose=0,
-                                compile=args.compile, image_size=args.image_size, decode=decode,
+    def embedder(decode="auto", worker_type="auto", backbone=model, image_size=args.image_size):
+        return BackboneEmbedder(backbone, pretrained=False, batch_size=args.batch_size, device=device, verbose=0,
+                                compile=args.compile, image_size=image_size, decode=decode,
                                 worker_type=worker_type).fit(paths[:1])  # fmt: skip
 
     emb = embedder()
+    # The same input size, interpolation and normalisation as the model's embedder.
+    pool = embedder(backbone=GlobalPool(), image_size=emb.input_size_)
+    pool.data_config_ = emb.data_config_
     dtype = resolve_precision(emb.precision, device)
     memory_format = torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
     module = emb.module_.to(device=device, memory_format=memory_format)
@@ -73,7 +98,9 @@ def run_row(model: str, label: str, set_name: str, paths: list[str], args, devic
         embedders["processes"] = embedder(worker_type="process")
     # Both decode paths on every row, whatever the default resolves to on this device.
     embedders.update({f"decode={mode}": embedder(mode) for mode in ("cpu", "device")})
+    embedders["input pipeline"] = pool
     sides = {"bare": bare} | {name: (lambda e=e: e.transform(paths)) for name, e in embedders.items()}
+    sides["no prefetch"] = lambda: _without_prefetch(lambda: emb.transform(paths))
     times = C.interleaved(sides, repeats=args.repeats, warmup=1, device=device)
     n = len(paths)
     row = {
@@ -90,13 +117,16 @@ def run_row(model: str, label: str, set_name: str, paths: list[str], args, devic
     for mode in ("cpu", "device"):
         row[f"decode_{mode}_img_s"] = n / float(np.median(times[f"decode={mode}"]))
         row[f"decode_{mode}_ratio"] = C.median_ratio(times["bare"], times[f"decode={mode}"])
+    for side, key in (("input pipeline", "input"), ("no prefetch", "no_prefetch")):
+        row[f"{key}_img_s"] = n / float(np.median(times[side]))
+        row[f"{key}_ratio"] = C.median_ratio(times["bare"], times[side])
     # The two decode paths must embed alike (another decoder and resize only).
     a, b = (embedders[f"decode={mode}"].transform(paths) for mode in ("cpu", "device"))
     cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     row["decode_cosine_min"] = float(cosine.min())
     extra = f"  processes {row['processes_ratio']:.3f}" if "processes_ratio" in row else ""
-    extra += "".join(f"  {k} {row[f'decode_{k}_img_s']:8.1f} img/s ({row[f'decode_{k}_ratio']:.3f})"
-                    for k in ("cpu", "device"))  # fmt: skip
+    extra += "".join(f"  {k} {row[f'{k}_img_s']:8.1f} img/s ({row[f'{k}_ratio']:.3f})"
+                    for k in ("decode_cpu", "decode_device", "input", "no_prefetch"))  # fmt: skip
     print(f"  {label:10s} {set_name:24s} bare {row['bare_img_s']:8.1f} img/s  skdfl {row['skdfl_img_s']:8.1f}"
           f" img/s  ratio {row['ratio']:.3f}{extra}", flush=True)  # fmt: skip
     return row
@@ -174,6 +204,7 @@ def main():
         ("ratio", "skdfl / bare", ".3f"), ("processes_ratio", "worker processes / bare", ".3f"),
         ("decode_cpu_ratio", "decode=cpu / bare", ".3f"),
         ("decode_device_ratio", "decode=device / bare", ".3f"),
+        ("input_ratio", "input pipeline / bare", ".3f"), ("no_prefetch_ratio", "no prefetch / bare", ".3f"),
         ("decode_cosine_min", "min cosine cpu vs device decode", ".4f"),
     ])  # fmt: skip
     head_table = C.md_table(head_rows, [("head", "head", ""), ("n", "n", "d"), ("d", "d", "d"), ("fit_s", "fit s", ".2f"),

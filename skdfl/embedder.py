@@ -21,6 +21,7 @@ With ``cache=DIR`` the embedder looks vectors up in an :class:`~skdfl.storage.Em
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import os
@@ -52,6 +53,7 @@ from .loading import (
     DeviceBatch,
     DeviceGeometryDataset,
     ViewDataset,
+    prefetched_batches,
     stack_samples,
     threaded_items,
 )
@@ -84,6 +86,9 @@ WORKER_TYPES = ("auto", "thread", "process")
 MAX_AUTO_THREADS = 8
 # Device types on which decode="auto" decodes and fits images on the device (see the decode parameter).
 AUTO_DEVICE_DECODE = ("cuda",)
+# Device types on which a background thread makes the next forward batch (decoded, resized, on its own CUDA
+# stream) while the current one runs. Not on a CPU: the forward pass already uses every core there.
+PREFETCH_DEVICES = ("cuda",)
 # On an accelerator, loader items are 1/8 of a batch or the nearest larger divisor (>= 8 samples).
 LOADER_CHUNKS_PER_BATCH = 8
 LOADER_MIN_CHUNK = 8
@@ -622,14 +627,19 @@ class BackboneEmbedder(TransformerMixin, BaseEstimator):
         std = torch.tensor(self.data_config_["std"], device=device).view(1, 3, 1, 1) * 255.0
         scale, shift = 1.0 / std, -mean / std
         start = 0
+        batches = self._device_batches(loader, dataset, device)
+        if device.type in PREFETCH_DEVICES:
+            batches = prefetched_batches(batches, device)
         # The bar counts images (samples x views) and appears only for calls still running after
         # PROGRESS_DELAY_S: a fitted model's predict on a few samples stays silent.
-        with torch.inference_mode(), tqdm(
+        # closing(): an error here stops the loader's threads and the prefetching thread now, not whenever
+        # the traceback that holds this frame is freed.
+        with contextlib.closing(batches), torch.inference_mode(), tqdm(
             total=len(indices) * n_views, desc="embedding", unit="img", disable=not verbose, leave=False,
             delay=PROGRESS_DELAY_S,
         ) as bar:
             copies = _DeferredHostCopies(out, device)
-            for b, x in self._device_batches(loader, dataset, device):
+            for b, x in batches:
                 x = torch.addcmul(shift, x, scale).contiguous(memory_format=memory_format)
                 with autocast(device, dtype):
                     feats = self._forward(module, x)

@@ -6,6 +6,8 @@
   :class:`~skdfl.BackboneEmbedder` to decode (nvJPEG), fit and colour on the device (``decode="device"``).
 * :func:`threaded_items`: what a ``DataLoader`` yields, built by a shared pool of threads (the loader on a
   GPU: no worker start-up per call).
+* :func:`prefetched_batches`: forward batches made by a background thread (on CUDA on its own stream), so
+  that decoding and resizing the next batch on the device overlaps the forward pass of this one.
 
 Normalisation, the device side of ``DeviceGeometryDataset`` and the forward pass live in
 :mod:`skdfl.embedder`.
@@ -13,8 +15,10 @@ Normalisation, the device side of ``DeviceGeometryDataset`` and the forward pass
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+import queue
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -79,6 +83,80 @@ def threaded_items(dataset, chunk: int, collate, n_threads: int, *, pin_memory: 
     finally:
         for future in window:  # an error or an interrupted call: drop the work not started yet
             future.cancel()
+
+
+class _Failure:
+    """An exception raised by the producer thread of :func:`prefetched_batches`, for the consumer to raise."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+_EXHAUSTED = object()
+
+
+def prefetched_batches(batches, device: torch.device, *, depth: int = 1):
+    """Yield the ``(n_samples, images)`` pairs of the iterator ``batches``, made by a background thread.
+
+    The thread runs at most ``depth`` batches ahead of the consumer (plus the one it is making). On CUDA it
+    works on a stream of its own, and the consumer's stream waits for each batch (an event, not a host
+    sync): nvJPEG decoding and resizing of batch ``i + 1`` run on the GPU while the forward pass of batch
+    ``i`` does, instead of one after the other in the main thread. The device decoder and torch operators
+    release the GIL, so the two threads also overlap on the host. An exception in the thread is raised by
+    the consumer at that batch; when the consumer stops early (an error, an interrupt), the thread stops
+    after its current batch and closes ``batches`` (which cancels the loader's pending work).
+    """
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    side = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    def hand_over(entry) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(entry, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce():
+        stream = torch.cuda.stream(side) if side is not None else contextlib.nullcontext()
+        try:
+            # inference_mode and the current CUDA stream are per thread: set both here.
+            with torch.inference_mode(), stream:
+                for n, images in batches:
+                    done = None
+                    if side is not None:
+                        done = torch.cuda.Event()
+                        done.record(side)
+                    if not hand_over((n, images, done)):
+                        return
+            hand_over(_EXHAUSTED)
+        except BaseException as error:  # noqa: BLE001 - re-raised in the consumer's thread
+            hand_over(_Failure(error))
+        finally:
+            if hasattr(batches, "close"):
+                batches.close()
+
+    thread = threading.Thread(target=produce, name="skdfl-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            entry = ready.get()
+            if entry is _EXHAUSTED:
+                return
+            if isinstance(entry, _Failure):
+                raise entry.error
+            n, images, done = entry
+            if done is not None:
+                consumer = torch.cuda.current_stream(device)
+                consumer.wait_event(done)
+                # Memory made on the side stream, read on this one: not reusable until this stream is done.
+                images.record_stream(consumer)
+            yield n, images
+    finally:
+        stop.set()
+        thread.join()
 
 
 def stack_samples(samples: list[torch.Tensor]) -> torch.Tensor:
@@ -232,6 +310,7 @@ __all__ = [
     "DeviceBatch",
     "DeviceGeometryDataset",
     "ViewDataset",
+    "prefetched_batches",
     "stack_samples",
     "threaded_items",
 ]
