@@ -26,8 +26,8 @@ once with the old code, each in its own worker process. To interleave them, the 
 from a database), alternating which side runs first.
 
 Part C times optimiser steps of the head's module in bf16 autocast against fp32 (``torch.autocast`` on CPU),
-for the linear and the 512-unit head; ``HeadSearchCV`` fold batching (stacked weights / ``torch.func.vmap``)
-is not implemented and not measured.
+for the linear and the 512-unit head. ``HeadSearchCV`` fold batching (stacked weights) is measured by
+``bench_fold_batching.py``.
 
 Without ``--embeddings`` the IDC embeddings are computed with the public API (cached under ``results/cache``);
 without the data, a synthetic 4,700 x 1,024 problem stands in (said so in the output).
@@ -694,7 +694,7 @@ def main():
         "old_code": str(args.old_code or OLD_COMMIT),
         "old_code_skdfl": workers["old"].skdfl_file if "old" in workers else None,
         "bf16": "part C: autocast step times of the head's module; FocalHeadClassifier has no bf16 option",
-        "vmap_fold_batching": "not implemented, not measured",
+        "fold_batching": "see bench_fold_batching.py",
     }
     C.write_result(args, "head_speed", config=config, results=results, tables=tables, device="cpu",
                    seconds=time.perf_counter() - t_start)  # fmt: skip

@@ -1,4 +1,5 @@
-"""benchmarks/bench_gpu.py's CPU fallback runs and writes a sane result (the GPU rows need a GPU)."""
+"""The CPU fallbacks of the benchmarks written for a GPU (bench_gpu, bench_gpu_loader, bench_fold_batching)
+run and write sane results (the GPU rows need a GPU)."""
 
 from __future__ import annotations
 
@@ -14,12 +15,12 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("SKDFL_DATA_DIR", ROOT.parent / "shared" / "data"))
 
 
-def _run_benchmark(script: str, out: Path, *options: str) -> dict:
+def _run_benchmark(script: str, out: Path, *options: str, data_dir: Path = DATA) -> dict:
     """Run ``benchmarks/<script>`` on the CPU in quick mode, offline; its JSON record."""
     env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     subprocess.run(
-        [sys.executable, f"benchmarks/{script}", "--device", "cpu", "--quick", *options, "--data-dir", str(DATA),
-         "--out", str(out)],
+        [sys.executable, f"benchmarks/{script}", "--device", "cpu", "--quick", *options, "--data-dir",
+         str(data_dir), "--out", str(out)],
         cwd=ROOT, env=env, check=True, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     return json.loads(out.read_text())
@@ -62,3 +63,17 @@ def test_bench_gpu_loader_cpu_fallback_splits_the_input_side(tmp_path):
     assert items["BreakHis JPEG (CPU)"]["device_item_ms"] < items["BreakHis JPEG (CPU)"]["item_ms"] / 3
     (jpeg,) = record["results"]["jpeg"]
     assert jpeg["batch"] == 8 and jpeg["decode_ms"] > 0 and jpeg["geometry_ms"] > 0
+
+
+def test_bench_fold_batching_trains_every_fold_like_one_at_a_time(tmp_path):
+    # No data folder: a synthetic problem (600 rows, 64 features) stands in for the IDC embeddings.
+    record = _run_benchmark("bench_fold_batching.py", tmp_path / "fb.json", data_dir=tmp_path / "no-data")
+    assert record["config"]["source"].startswith("synthetic") and record["config"]["folds"] == 5
+    rows = {r["side"]: r for r in record["results"]}
+    assert set(rows) == {"FocalHeadClassifier x5", "prototype K=1 x5", "prototype K=5 batched"}
+    scores = {side: r["balanced_accuracy"] for side, r in rows.items()}
+    # The prototype trains FocalHeadClassifier()'s model, and batching the folds trains each fold as alone:
+    # the same scores within sampling noise, all well above chance (a fold mixed up with another would not be).
+    assert max(scores.values()) - min(scores.values()) < 0.03, scores
+    assert min(scores.values()) > 0.58, scores
+    assert all(len(r["fold_scores"]) == 5 and r["seconds"] > 0 for r in rows.values())
