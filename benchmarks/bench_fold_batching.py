@@ -66,6 +66,7 @@ def train_batched(folds: list[dict], epochs: list[int], n_classes: int, device, 
     steps = [e * max(MIN_STEPS, math.ceil(n / BATCH)) for e, n in zip(epochs, sizes, strict=True)]
     total = max(steps)
     gen = torch.Generator().manual_seed(seed)
+    noise_gen = torch.Generator(device=device).manual_seed(seed + 1)  # reproducible, whatever ran before
     offsets = np.cumsum([0, *sizes[:-1]])
     # Row streams: successive permutations of each fold's rows, BATCH per step, as global row numbers.
     streams = []
@@ -94,7 +95,7 @@ def train_batched(folds: list[dict], epochs: list[int], n_classes: int, device, 
         # Input noise N(0, diag(s^2)) through the linear layer: N(0, W^T S^2 W) in logit space.
         factor = weight.view(K, n_classes, d).transpose(1, 2) * noise_scale[:, :, None]
         chol = torch.linalg.cholesky(factor.transpose(1, 2) @ factor)
-        z = torch.randn(K, BATCH, n_classes, device=device)
+        z = torch.randn(K, BATCH, n_classes, device=device, generator=noise_gen)
         logits = logits + z @ chol.transpose(1, 2)
         losses = torch.nn.functional.cross_entropy(
             logits.reshape(K * BATCH, n_classes), y_all[batch_rows], reduction="none"
