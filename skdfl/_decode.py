@@ -30,6 +30,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+# torchvision 0.29 deprecates its decoders for TorchCodec, whose CUDA builds are not on PyPI and which needs
+# torch >= 2.11; torchvision's nvJPEG path is the one that installs everywhere today. Filtered once, here, and
+# not with catch_warnings() around each call: decode_jpegs runs in a background thread (the embedder's
+# prefetching), and catch_warnings swaps the process-wide filter list, racing with other threads' warnings.
+warnings.filterwarnings(
+    "ignore", message="The image decoding and encoding capabilities of TorchVision", category=DeprecationWarning
+)
+
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 # IHDR colour types decoded natively to 8-bit samples: grey, RGB, grey+alpha, RGBA (not 3, palette).
@@ -203,12 +211,7 @@ def decode_jpegs(data: list[torch.Tensor], device: torch.device) -> list[torch.T
     """
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    with warnings.catch_warnings():
-        # torchvision 0.29 deprecates its decoders for TorchCodec, whose CUDA builds are not on PyPI and
-        # which needs torch >= 2.11; torchvision's nvJPEG path is the one that installs everywhere today.
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.")
-        warnings.filterwarnings("ignore", message=".*decoding and encoding capabilities of TorchVision.*")
-        return list(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+    return list(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
 
 
 def shrink_request(

@@ -132,7 +132,7 @@ def prefetched_batches(batches, device: torch.device, *, depth: int = 1):
                     if not hand_over((n, images, done)):
                         return
             hand_over(_EXHAUSTED)
-        except BaseException as error:  # noqa: BLE001 - re-raised in the consumer's thread
+        except BaseException as error:  # re-raised in the consumer's thread, interrupts included
             hand_over(_Failure(error))
         finally:
             if hasattr(batches, "close"):

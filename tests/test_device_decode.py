@@ -441,3 +441,20 @@ def test_fit_geometry_tensors_in_slices_gives_the_same_images(monkeypatch):
     whole = fit_geometry_tensors(images, (48, 48), "pad")
     monkeypatch.setattr(transforms, "MAX_TENSOR_ELEMENTS", 3 * 48 * 48 * 2)  # two images per slice
     torch.testing.assert_close(fit_geometry_tensors(images, (48, 48), "pad"), whole, rtol=0, atol=0)
+
+
+def test_torchvisions_decoder_deprecation_is_silenced_even_when_warnings_are_errors(tmp_path):
+    # Filtered once at import, not with catch_warnings() per call (not thread-safe, and the device decode
+    # runs in the prefetching thread); -W error turns any warning that still gets through into a failure.
+    import subprocess
+    import sys
+
+    (path,) = _jpegs(tmp_path, [(40, 40)])
+    code = (
+        "import sys, torch; from skdfl._decode import decode_jpegs, read_jpeg_file; "
+        "print(tuple(decode_jpegs([read_jpeg_file(sys.argv[1])], torch.device('cpu'))[0].shape))"
+    )
+    done = subprocess.run([sys.executable, "-W", "error::DeprecationWarning", "-c", code, path],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "(3, 40, 40)"
