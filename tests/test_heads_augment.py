@@ -147,6 +147,24 @@ def test_logit_space_noise_gives_the_same_expected_gradient():
     assert not torch.allclose(fast, torch.zeros_like(fast))
 
 
+@pytest.mark.parametrize("case", ["dependent rows", "zero weights"])
+def test_logit_space_noise_of_a_degenerate_layer_is_finite_with_its_covariance(case):
+    # A class without samples: after weight decay its weights are ~0 or copies of another's. The ridge keeps
+    # the factorisation defined (no status read back: that was a host sync per step on a GPU).
+    head = _linear_head()
+    with torch.no_grad():
+        if case == "dependent rows":
+            head.output.weight[2] = head.output.weight[1]
+        else:
+            head.output.weight.zero_()
+    with torch.no_grad():
+        noise = head.noise.through_linear(head.output, 50_000)
+    assert noise is not None and bool(torch.isfinite(noise).all())
+    factor = head.output.weight * (0.7 * head.noise.scale)
+    expected = (factor @ factor.T).detach().numpy()
+    assert_allclose(torch.cov(noise.T).numpy(), expected, atol=0.02 * max(1.0, float(expected.max())))
+
+
 def test_logit_space_noise_falls_back_to_input_noise_when_singular():
     torch.manual_seed(0)
     head = MLPHead(2, 5, hidden_units=(), noise_std=1.0).train()  # 5 logits from 2 features: rank 2

@@ -145,3 +145,34 @@ def test_training_pass_over_a_bank_draws_each_sample_from_its_own_embeddings():
         assert any(np.array_equal(row, draw) for draw in X[sample])
     plain = torch.cat([batch for batch, _ in data.batches(order, 8, training=False)]).numpy()
     np.testing.assert_array_equal(plain, X[order.numpy(), 0])
+
+
+HOST_READS = ("__bool__", "item", "tolist", "numpy", "__float__", "__int__", "__index__")
+
+
+def test_a_training_step_reads_nothing_back_from_the_device(monkeypatch):
+    """On a GPU every read of a tensor's value on the host (``bool``, ``item``, ...) waits for the device:
+    training steps must not read any, only one per epoch (the epoch's losses). Counted on the CPU."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(600, 32)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int)
+    reads = []
+    for name in HOST_READS:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, **kwargs):
+            reads.append(1)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+
+    def reads_of_a_fit(epochs):
+        reads.clear()
+        head = FocalHeadClassifier(max_epochs=epochs, tol=0, n_iter_no_change=epochs + 1, random_state=0)
+        head.fit(X, y)  # 600 rows, batch 256: 10 steps per epoch (min_steps_per_epoch)
+        assert head.n_iter_ == epochs
+        return len(reads)
+
+    with pytest.warns(Warning):  # stopped at max_epochs while improving: intended here
+        extra = reads_of_a_fit(8) - reads_of_a_fit(4)
+    assert extra <= 4, f"{extra} host reads for 4 more epochs of 10 steps"

@@ -18,6 +18,9 @@ from torch import nn
 
 __all__ = ["FeatureDropout", "GaussianNoise", "mixup_embeddings"]
 
+# Relative ridge on the logit-space noise covariance (see GaussianNoise.through_linear).
+_NOISE_RIDGE = 1e-5
+
 
 def _as_feature_vector(values, name):
     """``values`` as a 1-D float tensor in the default dtype (None stays None)."""
@@ -111,16 +114,27 @@ class GaussianNoise(nn.Module):
         Returns
         -------
         noise : torch.Tensor of shape (n_samples, out_features) or None
-            None when the output covariance is singular (e.g. more outputs than inputs); then add the noise to
-            the input instead.
+            None when the layer has more outputs than inputs (the output covariance is then singular); add
+            the noise to the input instead.
+
+        Notes
+        -----
+        The covariance gets a ridge of ``1e-5`` times its mean variance before the Cholesky factorisation, so
+        that the factorisation exists when rows of :math:`W` are (nearly) dependent, e.g. the weights of a
+        class without samples after weight decay, and nothing is read back to check it: that check was a
+        device-to-host synchronisation at every training step on a GPU. The noise's variances grow by
+        ``1e-5`` of their mean.
         """
         weight = linear.weight
+        if weight.shape[0] > weight.shape[1]:
+            return None
         factor = (
             weight * self.std if self.scale is None else weight * (self.std * self.scale.to(weight.dtype))
         )
-        chol, info = torch.linalg.cholesky_ex(factor @ factor.T)
-        if bool(info):
-            return None
+        covariance = factor @ factor.T
+        ridge = covariance.diagonal().mean().detach() * _NOISE_RIDGE + torch.finfo(weight.dtype).tiny
+        covariance = covariance + ridge * torch.eye(len(covariance), dtype=weight.dtype, device=weight.device)
+        chol = torch.linalg.cholesky_ex(covariance).L
         return torch.randn(n_samples, weight.shape[0], dtype=weight.dtype, device=weight.device) @ chol.T
 
     def extra_repr(self):
