@@ -58,7 +58,8 @@ def test_bench_gpu_loader_cpu_fallback_splits_the_input_side(tmp_path):
     assert set(items) == {"IDC 50x50 PNG", "BreakHis 700x460 PNG", "BreakHis JPEG (CPU)"}
     # A 700x460 PNG costs several times a 50x50 one to decode and fit, whatever the machine.
     assert items["BreakHis 700x460 PNG"]["item_ms"] > 2 * items["IDC 50x50 PNG"]["item_ms"]
-    assert all(r["threads_1"] > 0 and r["threads_2"] > 0 and r["device_threads"] > 0 for r in items.values())
+    assert all(r["threads_1"] > 0 and r["threads_2"] > 0 and r["device_threads_1"] > 0 and r["device_threads_2"] > 0
+               for r in items.values())
     # decode="device" leaves a JPEG's decoding to the device: reading its bytes is far cheaper.
     assert items["BreakHis JPEG (CPU)"]["device_item_ms"] < items["BreakHis JPEG (CPU)"]["item_ms"] / 3
     (jpeg,) = record["results"]["jpeg"]
