@@ -12,7 +12,9 @@ on the device: the hardware limit. Target on a GPU: skdfl >= 0.9 x bare on every
 where a shortfall comes from: "input pipeline" is the default embedder with a global-average-pool backbone
 (reading, decoding, resizing, copying; no forward pass: if it is below 0.9 x bare, the forward pass is not
 the limit), and "no prefetch" the default embedder with ``skdfl.embedder.PREFETCH_DEVICES = ()`` (the next
-batch decoded and resized in the main thread, after the forward pass, not beside it). Head fits:
+batch decoded and resized in the main thread, after the forward pass, not beside it); "skdfl / min(bare, input
+pipeline)" compares skdfl with the slower of the two parts it cannot avoid (on a GPU, where they overlap,
+1.0 means the loop costs nothing beyond them; on a CPU they run one after the other). Head fits:
 ``FocalHeadClassifier()`` and ``LogisticRegression`` on 4,000 x 1,024 random features with a signal (on a GPU
 also ``FocalHeadClassifier(device="cpu")``: the same head on that machine's CPU).
 
@@ -120,6 +122,10 @@ def run_row(model: str, label: str, set_name: str, paths: list[str], args, devic
     for side, key in (("input pipeline", "input"), ("no prefetch", "no_prefetch")):
         row[f"{key}_img_s"] = n / float(np.median(times[side]))
         row[f"{key}_ratio"] = C.median_ratio(times["bare"], times[side])
+    # skdfl against the slower of its two unavoidable parts (forward, input pipeline), round by round: what the
+    # loop itself costs, whether or not the decoders can keep up with the GPU.
+    slower_part = np.maximum(times["bare"], times["input pipeline"])
+    row["bound_ratio"] = C.median_ratio(slower_part, times["skdfl"])
     # The two decode paths must embed alike (another decoder and resize only).
     a, b = (embedders[f"decode={mode}"].transform(paths) for mode in ("cpu", "device"))
     cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
@@ -205,6 +211,7 @@ def main():
         ("decode_cpu_ratio", "decode=cpu / bare", ".3f"),
         ("decode_device_ratio", "decode=device / bare", ".3f"),
         ("input_ratio", "input pipeline / bare", ".3f"), ("no_prefetch_ratio", "no prefetch / bare", ".3f"),
+        ("bound_ratio", "skdfl / min(bare, input pipeline)", ".3f"),
         ("decode_cosine_min", "min cosine cpu vs device decode", ".4f"),
     ])  # fmt: skip
     head_table = C.md_table(head_rows, [("head", "head", ""), ("n", "n", "d"), ("d", "d", "d"), ("fit_s", "fit s", ".2f"),
