@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import tempfile
 import time
+from pathlib import Path
 
 import _common as C
 import numpy as np
@@ -168,8 +170,10 @@ def main():
                    help="backbones (default: all three; --quick: the two ResNets)")  # fmt: skip
     p.add_argument("--n-idc", type=int, default=None, help="IDC images (default 256; --quick 32)")
     p.add_argument("--n-breakhis", type=int, default=None, help="BreakHis images (default 96; --quick 16)")
-    p.add_argument("--sets", nargs="+", choices=["idc", "breakhis", "crc"], default=["idc", "breakhis", "crc"],
-                   help="image sets to time (default: all three)")  # fmt: skip
+    p.add_argument("--sets", nargs="+", choices=["idc", "breakhis", "crc", "crc_tiff"],
+                   default=["idc", "breakhis", "crc"],
+                   help="image sets to time (default: the first three; crc_tiff: the CRC tiles saved as uncompressed "
+                        "TIFF, the format of NCT-CRC-HE-100K)")  # fmt: skip
     p.add_argument("--workers", action=argparse.BooleanOptionalAction, default=None,
                    help="also time num_workers=1 (default: on without --quick)")  # fmt: skip
     p.add_argument(
@@ -195,11 +199,20 @@ def main():
         ),
         "CRC 224x224 PNG": sorted(C.load_crc(root)["path"].tolist()),
     }
+    # Kept referenced until the end of main: its folder holds the TIFF copies.
+    tiff_dir = tempfile.TemporaryDirectory(prefix="skdfl-bench-tiff-")
+    if "crc_tiff" in args.sets:
+        tiffs = []
+        for path in sets["CRC 224x224 PNG"]:
+            tiffs.append(str(Path(tiff_dir.name) / (Path(path).stem + ".tif")))
+            Image.open(path).convert("RGB").save(tiffs[-1])  # uncompressed, as NCT-CRC-HE-100K's tiles
+        sets["CRC 224x224 TIFF"] = tiffs
     if not args.collate_ab:
         keys = {
             "idc": "IDC 50x50 PNG -> pad 224",
             "breakhis": "BreakHis 700x460 PNG -> pad 224",
             "crc": "CRC 224x224 PNG",
+            "crc_tiff": "CRC 224x224 TIFF",
         }
         sets = {keys[name]: sets[keys[name]] for name in args.sets}
     names = args.models or (["resnet18", "resnet50"] if args.quick else list(MODELS))

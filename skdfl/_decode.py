@@ -11,7 +11,13 @@ Measured on the real images of ``../shared/data`` (``benchmarks/bench_extraction
   scale (libjpeg's DCT scaling, as Pillow's ``Image.draft``): the 8x8 blocks are inverse-transformed at
   the smaller size, which skips most of the decode *and* most of the resize. The pixels then differ
   slightly from "full decode + resize" (tolerance in ``tests/test_decode.py``).
-* **Everything else** (TIFF, BMP, WebP, CMYK JPEGs, ...): ``None``, i.e. Pillow.
+* **TIFF**: ``imagecodecs.tiff_decode`` (libtiff) with the same pixels as Pillow, for 8-bit unsigned grey /
+  grey+alpha / RGB / RGBA images with interleaved samples, uncompressed, LZW, Deflate or PackBits (what tile
+  datasets such as NCT-CRC-HE-100K ship: uncompressed 224x224 RGB). Measured on the CRC tiles saved as TIFF
+  (``benchmarks/bench_extraction.py --sets crc_tiff``). The first IFD's tags are read from the file (a few small
+  reads) before anything is decoded; other TIFFs (16-bit, palette, YCbCr, JPEG-compressed, planar, BigTIFF,
+  ...) go to Pillow.
+* **Everything else** (BMP, WebP, CMYK JPEGs, ...): ``None``, i.e. Pillow.
 
 JPEGs can also be decoded **on the device** (``BackboneEmbedder(decode="device")``): :func:`read_jpeg_file`
 reads the raw bytes and checks the header in the loader, :func:`decode_jpegs` decodes a whole batch with
@@ -42,6 +48,21 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 # IHDR colour types decoded natively to 8-bit samples: grey, RGB, grey+alpha, RGBA (not 3, palette).
 _PNG_DIRECT_COLOR_TYPES = {0, 2, 4, 6}
+# Classic TIFF headers (BigTIFF, b"II+\x00", is left to Pillow).
+_TIFF_MAGICS = (b"II*\x00", b"MM\x00*")
+# TIFF compressions decoded by libtiff with Pillow's pixels: none, LZW, Adobe Deflate, Deflate, PackBits.
+_TIFF_DIRECT_COMPRESSIONS = {1, 5, 8, 32946, 32773}
+# Photometric interpretation -> samples per pixel decoded directly: grey (MinIsBlack) 1-2, RGB 3-4.
+_TIFF_DIRECT_SAMPLES = {1: (1, 2), 2: (3, 4)}
+# The tags read: width, length, bits per sample, compression, photometric, samples per pixel, planar
+# configuration, extra samples, sample format.
+_TIFF_TAGS = {256: "width", 257: "height", 258: "bits", 259: "compression", 262: "photometric",
+              277: "samples", 284: "planar", 338: "extra_samples", 339: "sample_format"}  # fmt: skip
+# ExtraSamples values decoded directly: unspecified and unassociated alpha. Associated (premultiplied) alpha,
+# 1, is un-premultiplied by Pillow's conversion: left to it.
+_TIFF_DIRECT_EXTRA_SAMPLES = {0, 2}
+# TIFF field types of those tags: SHORT (2 bytes) and LONG (4 bytes).
+_TIFF_TYPE_SIZES = {3: 2, 4: 4}
 
 try:  # both are dependencies; the guard keeps a broken wheel from breaking every read
     import imagecodecs
@@ -92,6 +113,11 @@ def decode_image_file(
         max_pixels = Image.MAX_IMAGE_PIXELS
     with open(path, "rb") as f:
         head = f.read(32)
+        if head[:4] in _TIFF_MAGICS:
+            if not _tiff_direct(f, head, max_pixels):
+                return None
+            f.seek(0)
+            return _decode_tiff(f.read())
         # Other formats, and PNGs the header already rules out, cost one small read, not the whole file.
         if not (head.startswith(_JPEG_MAGIC) or (head.startswith(_PNG_MAGIC) and _png_direct(head, max_pixels))):
             return None
@@ -115,12 +141,86 @@ def _png_direct(head: bytes, max_pixels: int | None) -> bool:
     return bit_depth == 8 and color_type in _PNG_DIRECT_COLOR_TYPES and not _too_big(height, width, max_pixels)
 
 
+def _tiff_direct(f, head: bytes, max_pixels: int | None) -> bool:
+    """Whether the TIFF open as ``f`` (first bytes ``head``) decodes with libtiff to Pillow's pixels.
+
+    Reads the first IFD's entries (Pillow and libtiff both read that image); any tag outside the cases listed
+    in the module docstring, or a file too short to hold what its header promises, leaves it to Pillow.
+    """
+    if imagecodecs is None or len(head) < 8 or not _codec_available("TIFF"):
+        return False
+    order = "<" if head[:2] == b"II" else ">"
+    (ifd,) = struct.unpack(order + "I", head[4:8])
+    f.seek(ifd)
+    raw = f.read(2)
+    if len(raw) < 2:
+        return False
+    (count,) = struct.unpack(order + "H", raw)
+    entries = f.read(12 * count)
+    if len(entries) < 12 * count:
+        return False
+    tags: dict[str, list[int]] = {}
+    for k in range(count):
+        tag, kind, n, value = struct.unpack(order + "HHI4s", entries[12 * k : 12 * k + 12])
+        if tag not in _TIFF_TAGS:
+            continue
+        size = _TIFF_TYPE_SIZES.get(kind)
+        if size is None or n == 0:
+            return False
+        if size * n > 4:  # the values live elsewhere in the file, at the offset the entry holds
+            f.seek(struct.unpack(order + "I", value)[0])
+            value = f.read(size * n)
+            if len(value) < size * n:
+                return False
+        code = "H" if size == 2 else "I"
+        tags[_TIFF_TAGS[tag]] = list(struct.unpack(f"{order}{n}{code}", value[: size * n]))
+    photometric = tags.get("photometric", [-1])[0]
+    samples = tags.get("samples", [1])[0]
+    allowed = _TIFF_DIRECT_SAMPLES.get(photometric, ())
+    extra = tags.get("extra_samples", [])
+    return (
+        "width" in tags
+        and "height" in tags
+        and samples in allowed
+        # An alpha (or unspecified extra) sample is declared, and not premultiplied.
+        and len(extra) == samples - allowed[0]
+        and all(e in _TIFF_DIRECT_EXTRA_SAMPLES for e in extra)
+        and all(bits == 8 for bits in tags.get("bits", [1]))
+        and tags.get("compression", [1])[0] in _TIFF_DIRECT_COMPRESSIONS
+        and tags.get("planar", [1])[0] == 1
+        and all(fmt == 1 for fmt in tags.get("sample_format", [1]))
+        and not _too_big(tags["height"][0], tags["width"][0], max_pixels)
+    )
+
+
+@functools.cache
+def _codec_available(name: str) -> bool:
+    """Whether this imagecodecs build has codec ``name`` (a wheel cut down to PNG does not have TIFF)."""
+    try:
+        return bool(getattr(imagecodecs, name).available)
+    except Exception:  # the codec's extension module missing from this build
+        return False
+
+
+def _decode_tiff(data: bytes) -> np.ndarray | None:
+    try:
+        img = imagecodecs.tiff_decode(data)
+    except Exception:  # imagecodecs.TiffError and friends: let Pillow decide and word the error
+        return None
+    return _as_rgb(img)
+
+
 def _decode_png(data: bytes) -> np.ndarray | None:
     try:
         img = imagecodecs.png_decode(data)
     except Exception:  # imagecodecs.PngError and friends: let Pillow decide and word the error
         return None
-    if img.dtype != np.uint8:
+    return _as_rgb(img)
+
+
+def _as_rgb(img: np.ndarray) -> np.ndarray | None:
+    """Decoded 8-bit grey / grey+alpha / RGB / RGBA samples as Pillow's ``convert("RGB")`` gives them."""
+    if img.dtype != np.uint8 or img.ndim not in (2, 3):
         return None
     if img.ndim == 2:
         img = img[..., None]
@@ -128,7 +228,7 @@ def _decode_png(data: bytes) -> np.ndarray | None:
         return np.repeat(img[..., :1], 3, axis=-1)
     if img.shape[-1] == 4:  # Pillow's convert("RGB") drops alpha without compositing
         return np.ascontiguousarray(img[..., :3])
-    return img
+    return img if img.shape[-1] == 3 else None
 
 
 def _decode_jpeg(

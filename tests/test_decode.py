@@ -57,9 +57,9 @@ def test_png_modes_without_a_fast_path_are_left_to_pillow(tmp_path, mode):
 
 
 def test_other_formats_corrupt_and_oversized_files_fall_back(tmp_path):
-    tif = tmp_path / "x.tif"
-    Image.fromarray(_texture()).save(tif)
-    assert decode_image_file(tif) is None
+    bmp = tmp_path / "x.bmp"
+    Image.fromarray(_texture()).save(bmp)
+    assert decode_image_file(bmp) is None
     png = tmp_path / "x.png"
     Image.fromarray(_texture()).save(png)
     assert decode_image_file(png, max_pixels=96 * 140 - 1) is None
@@ -73,6 +73,84 @@ def test_other_formats_corrupt_and_oversized_files_fall_back(tmp_path):
         decode_image_file(tmp_path / "missing.png")
     with pytest.raises(ImageReadError, match="not found"):
         read_image(tmp_path / "missing.png")
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "LA"])
+@pytest.mark.parametrize("compression", [None, "tiff_lzw", "tiff_adobe_deflate", "packbits"])
+def test_tiff_fast_path_gives_pillows_pixels(tmp_path, mode, compression):
+    path = tmp_path / f"x_{mode}_{compression}.tif"
+    Image.fromarray(_texture()).convert(mode).save(path, compression=compression)
+    fast = decode_image_file(path)
+    assert fast is not None, f"8-bit {mode} TIFFs ({compression}) take the fast path"
+    assert fast.dtype == np.uint8 and fast.shape == (96, 140, 3)
+    np.testing.assert_array_equal(fast, _pil_rgb(path))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"byteorder": ">"},  # big-endian ("MM")
+        {"tile": (32, 32)},  # tiled
+        {"predictor": True, "compression": "zlib"},  # horizontal differencing
+        {"rowsperstrip": 7},  # many strips: the offsets are stored away from the IFD
+    ],
+    ids=["big-endian", "tiled", "predictor", "strips"],
+)
+def test_tiff_layouts_written_by_tifffile_give_pillows_pixels(tmp_path, options):
+    tifffile = pytest.importorskip("tifffile")
+    path = tmp_path / "x.tif"
+    tifffile.imwrite(path, _texture(), photometric="rgb", **options)
+    fast = decode_image_file(path)
+    assert fast is not None
+    np.testing.assert_array_equal(fast, _pil_rgb(path))
+
+
+@pytest.mark.parametrize("case", ["16-bit", "palette", "planar", "premultiplied alpha", "jpeg", "oversized"])
+def test_tiffs_without_a_fast_path_are_left_to_pillow(tmp_path, case):
+    tifffile = pytest.importorskip("tifffile")
+    path = tmp_path / "x.tif"
+    rgb = _texture()
+    if case == "16-bit":
+        Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(path)
+    elif case == "palette":
+        Image.fromarray(rgb).convert("P").save(path)
+    elif case == "planar":
+        tifffile.imwrite(path, np.moveaxis(rgb, -1, 0), photometric="rgb", planarconfig="separate")
+    elif case == "premultiplied alpha":
+        alpha = np.full(rgb.shape[:2] + (1,), 128, np.uint8)
+        tifffile.imwrite(path, np.concatenate([rgb, alpha], -1), photometric="rgb", extrasamples=["assocalpha"])
+    elif case == "jpeg":
+        Image.fromarray(rgb).save(path, compression="jpeg")
+    else:
+        Image.fromarray(rgb).save(path)
+    limit = 96 * 140 - 1 if case == "oversized" else "pil"
+    assert decode_image_file(path, max_pixels=limit) is None
+    if case != "oversized":
+        assert read_image(path).shape == (96, 140, 3)  # read_image still reads it, through Pillow
+
+
+def test_an_imagecodecs_build_without_tiff_leaves_tiffs_to_pillow(tmp_path, monkeypatch):
+    # The GPU benchmark kit ships imagecodecs cut down to PNG: TIFFs must still read, through Pillow.
+    import skdfl._decode as decode_module
+
+    path = tmp_path / "x.tif"
+    Image.fromarray(_texture()).save(path)
+    monkeypatch.setattr(decode_module, "_codec_available", lambda name: name != "TIFF")
+    assert decode_image_file(path) is None
+    np.testing.assert_array_equal(read_image(path), _pil_rgb(path))
+
+
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")  # Pillow's, reading the broken files
+def test_truncated_or_corrupt_tiffs_get_pillows_error(tmp_path):
+    path = tmp_path / "x.tif"
+    Image.fromarray(_texture()).save(path, compression="tiff_lzw")
+    data = path.read_bytes()
+    broken_files = {"cut.tif": data[:6], "noifd.tif": data[:8] + b"\xff" * 4, "half.tif": data[: len(data) // 2]}
+    for name, broken in broken_files.items():
+        (tmp_path / name).write_bytes(broken)
+        assert decode_image_file(tmp_path / name) is None
+        with pytest.raises(ImageReadError, match=name):
+            read_image(tmp_path / name)
 
 
 def test_jpeg_full_size_decode_matches_pillow(tmp_path):
