@@ -203,7 +203,7 @@ def read_image(cell, where: str = "image", *, max_pixels: int | str | None = PIL
     if isinstance(cell, (str, os.PathLike)):
         path = Path(cell)
         try:
-            # PNG / JPEG through the faster decoders of skdfl._decode (same pixels); None: Pillow below.
+            # PNG / JPEG / TIFF through the faster decoders of skdfl._decode (same pixels); None: Pillow below.
             fast = decode_image_file(path, max_pixels=max_pixels)
             if fast is not None:
                 return fast
