@@ -117,13 +117,13 @@ def decode_image_file(
             if not _tiff_direct(f, head, max_pixels):
                 return None
             f.seek(0)
-            return _decode_tiff(f.read())
+            return _decode_lossless(imagecodecs.tiff_decode, f.read())
         # Other formats, and PNGs the header already rules out, cost one small read, not the whole file.
         if not (head.startswith(_JPEG_MAGIC) or (head.startswith(_PNG_MAGIC) and _png_direct(head, max_pixels))):
             return None
         data = head + f.read()
     if data.startswith(_PNG_MAGIC):
-        return _decode_png(data)
+        return _decode_lossless(imagecodecs.png_decode, data)
     if data.startswith(_JPEG_MAGIC):
         return _decode_jpeg(data, shrink_to, interpolation, max_pixels)
     return None
@@ -202,18 +202,11 @@ def _codec_available(name: str) -> bool:
         return False
 
 
-def _decode_tiff(data: bytes) -> np.ndarray | None:
+def _decode_lossless(decode: Callable[[bytes], np.ndarray], data: bytes) -> np.ndarray | None:
+    """``data`` decoded by the imagecodecs function ``decode`` as RGB; None when it rejects the data."""
     try:
-        img = imagecodecs.tiff_decode(data)
-    except Exception:  # imagecodecs.TiffError and friends: let Pillow decide and word the error
-        return None
-    return _as_rgb(img)
-
-
-def _decode_png(data: bytes) -> np.ndarray | None:
-    try:
-        img = imagecodecs.png_decode(data)
-    except Exception:  # imagecodecs.PngError and friends: let Pillow decide and word the error
+        img = decode(data)
+    except Exception:  # imagecodecs.PngError, TiffError and friends: let Pillow decide and word the error
         return None
     return _as_rgb(img)
 
