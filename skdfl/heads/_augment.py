@@ -13,6 +13,8 @@ noise"). Three perturbations live here, each the identity in eval mode:
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -20,6 +22,12 @@ __all__ = ["FeatureDropout", "GaussianNoise", "mixup_embeddings"]
 
 # Relative ridge on the logit-space noise covariance (see GaussianNoise.through_linear).
 _NOISE_RIDGE = 1e-5
+
+
+@functools.lru_cache(maxsize=16)
+def _identity(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    # One per (size, dtype, device), not a new one per training step: a measurable share of a small step.
+    return torch.eye(n, dtype=dtype, device=device)
 
 
 def _as_feature_vector(values, name):
@@ -126,16 +134,18 @@ class GaussianNoise(nn.Module):
         ``1e-5`` of their mean.
         """
         weight = linear.weight
-        if weight.shape[0] > weight.shape[1]:
+        n_out = weight.shape[0]
+        if n_out > weight.shape[1]:
             return None
         factor = (
             weight * self.std if self.scale is None else weight * (self.std * self.scale.to(weight.dtype))
         )
-        covariance = factor @ factor.T
-        ridge = covariance.diagonal().mean().detach() * _NOISE_RIDGE + torch.finfo(weight.dtype).tiny
-        covariance = covariance + ridge * torch.eye(len(covariance), dtype=weight.dtype, device=weight.device)
-        chol = torch.linalg.cholesky_ex(covariance).L
-        return torch.randn(n_samples, weight.shape[0], dtype=weight.dtype, device=weight.device) @ chol.T
+        with torch.no_grad():  # the ridge only keeps the factorisation defined: no gradient through it
+            # The mean variance is the trace over n_out, and the trace of F F^T is the sum of F's squares.
+            variance = factor.square().sum() * (_NOISE_RIDGE / n_out) + torch.finfo(weight.dtype).tiny
+            ridge = _identity(n_out, weight.dtype, weight.device) * variance
+        chol = torch.linalg.cholesky_ex(torch.addmm(ridge, factor, factor.T)).L
+        return torch.randn(n_samples, n_out, dtype=weight.dtype, device=weight.device) @ chol.T
 
     def extra_repr(self):
         scaled = "" if self.scale is None else f", scale=<{tuple(self.scale.shape) or 'scalar'}>"
