@@ -219,7 +219,10 @@ class BackboneEmbedder(TransformerMixin, BaseEstimator):
         the CPU path, as does a batch the device decoder rejects. ``"auto"``: ``"device"`` on CUDA, ``"cpu"``
         elsewhere (``"device"`` on MPS is untested: torch's antialiased resize may lack MPS kernels). The
         embeddings differ slightly between the two (cosine > 0.999): the choice is part of
-        :meth:`embedding_signature`.
+        :meth:`embedding_signature`. On CUDA, whatever ``decode``, a background thread prepares the next
+        batch (decoding, resizing, the copy to the device) on a CUDA stream of its own while the current one
+        runs through the backbone (:func:`skdfl.loading.prefetched_batches`; the device types it runs on are
+        ``skdfl.embedder.PREFETCH_DEVICES``, which can be emptied to turn it off).
     precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
         Autocast precision of the forward pass. ``"auto"`` is bf16 on a CPU with native bf16 support
         (with ``channels_last``, measured ~3x faster than fp32 for DenseNet-121 on 2 cores, embeddings
